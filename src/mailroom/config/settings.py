@@ -1,0 +1,154 @@
+"""Django settings, read from the environment.
+
+Embedded default: SQLite in WAL mode inside ``MAILROOM_DATA_DIR`` (``./.mailroom``).
+Production: ``DATABASE_URL=postgres://...``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from mailroom.core.keys import load_secret_key
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("MAILROOM_DATA_DIR", Path.cwd() / ".mailroom")).resolve()
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+DEBUG = _env_bool("MAILROOM_DEBUG", False)
+SECRET_KEY = load_secret_key(DATA_DIR)
+ALLOWED_HOSTS = [h for h in os.environ.get("MAILROOM_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("MAILROOM_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "mailroom.core",
+    "mailroom.accounts",
+    "mailroom.crm",
+    "mailroom.mailboxes",
+    "mailroom.conversations",
+    "mailroom.ingest",
+    "mailroom.outbound",
+    "mailroom.events",
+    "mailroom.web",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mailroom.config.urls"
+WSGI_APPLICATION = "mailroom.config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_database_url = os.environ.get("DATABASE_URL", "").strip()
+if _database_url:
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        DATABASES["default"].setdefault("OPTIONS", {})
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(DATA_DIR / "mailroom.sqlite3"),
+            "OPTIONS": {},
+        }
+    }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers (API) run beside the writer (sync); synchronous=FULL makes a commit durable
+    # before we acknowledge anything (IMAP cursor, LMTP 250); IMMEDIATE avoids upgrade deadlocks.
+    DATABASES["default"]["OPTIONS"].update(
+        {
+            "init_command": (
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; "
+                "PRAGMA busy_timeout=30000; PRAGMA cache_size=-65536;"
+            ),
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+        }
+    )
+    DATABASES["default"]["TEST"] = {"NAME": os.environ.get("MAILROOM_TEST_SQLITE", "")} if os.environ.get(
+        "MAILROOM_TEST_SQLITE"
+    ) else {}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
+]
+
+LANGUAGE_CODE = os.environ.get("MAILROOM_LANGUAGE", "en")
+LANGUAGES = [("en", "English"), ("ru", "Русский")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+LOGIN_URL = "/admin/login/"
+
+# --- Mailroom -------------------------------------------------------------------------------------
+# AEAD keys for secrets at rest: "kid1:base64key,kid0:base64key" (first one encrypts; all decrypt).
+MAILROOM_ENCRYPTION_KEYS = os.environ.get("MAILROOM_ENCRYPTION_KEYS", "")
+MAILROOM_KEY_FILE = DATA_DIR / "encryption.keys"
+# Signing key for reply tokens and our Message-IDs (HMAC). Defaults to a derivation of SECRET_KEY.
+MAILROOM_TOKEN_KEY = os.environ.get("MAILROOM_TOKEN_KEY", "")
+# Domain used in Message-IDs when a mailbox has none.
+MAILROOM_MESSAGE_ID_DOMAIN = os.environ.get("MAILROOM_MESSAGE_ID_DOMAIN", "mailroom.local")
+# Relay domain for reply+<token>@domain (optional).
+MAILROOM_RELAY_DOMAIN = os.environ.get("MAILROOM_RELAY_DOMAIN", "")
+# authserv-ids whose Authentication-Results headers we trust (comma separated).
+MAILROOM_TRUSTED_AUTHSERV_IDS = [
+    s.strip() for s in os.environ.get("MAILROOM_TRUSTED_AUTHSERV_IDS", "").split(",") if s.strip()
+]
+# Task execution: "inline" (embedded, in-process worker threads) or "celery".
+MAILROOM_TASKS = os.environ.get("MAILROOM_TASKS", "inline")
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("MAILROOM_LOG_LEVEL", "WARNING")},
+}

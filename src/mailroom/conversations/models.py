@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class Thread(models.Model):
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="threads")
+    subject = models.CharField(max_length=1000, blank=True)
+    normalized_subject = models.CharField(max_length=1000, blank=True, db_index=True)
+    first_message_at = models.DateTimeField(null=True, blank=True)
+    last_message_at = models.DateTimeField(null=True, blank=True)
+    message_count = models.PositiveIntegerField(default=0)
+    deal = models.ForeignKey("crm.Deal", null=True, blank=True, on_delete=models.SET_NULL, related_name="threads")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["team", "-last_message_at"], name="thread_team_recent")]
+
+    def __str__(self) -> str:
+        return self.subject or f"thread {self.pk}"
+
+
+class Message(models.Model):
+    """One email, however many copies of it we saw (each copy is a Source)."""
+
+    class State(models.TextChoices):
+        STORED = "stored", "Stored (raw + headers)"
+        PARSED = "parsed", "Parsed"
+        LINKED = "linked", "Linked (threaded, on cards)"
+        QUARANTINED = "quarantined", "Quarantined"
+
+    class Direction(models.TextChoices):
+        INCOMING = "incoming", "Incoming"
+        OUTGOING = "outgoing", "Outgoing"
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="messages")
+    message_id = models.TextField()
+    message_id_hash = models.CharField(max_length=64)  # sha256 hex of message_id (indexable)
+    message_id_synthesised = models.BooleanField(default=False)
+    content_hash = models.CharField(max_length=64)
+    size = models.PositiveIntegerField(default=0)
+
+    # From the header block (import path).
+    subject = models.TextField(blank=True)
+    from_address = models.CharField(max_length=320, blank=True)
+    from_name = models.CharField(max_length=300, blank=True)
+    date = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField()  # first time we stored it
+    in_reply_to = models.JSONField(default=list)
+    references = models.JSONField(default=list)
+    direction = models.CharField(max_length=10, choices=Direction.choices, default=Direction.INCOMING)
+
+    thread = models.ForeignKey(Thread, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
+
+    # Pipeline.
+    state = models.CharField(max_length=12, choices=State.choices, default=State.STORED)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    quarantined_at = models.DateTimeField(null=True, blank=True)
+
+    # From the full parse (parsing package).
+    text = models.TextField(blank=True)
+    html = models.TextField(blank=True)  # sanitised
+    reply_text = models.TextField(blank=True)
+    is_auto_reply = models.BooleanField(default=False)
+    is_bulk = models.BooleanField(default=False)
+    bounce = models.JSONField(null=True, blank=True)
+    auth = models.JSONField(null=True, blank=True)
+    parse_errors = models.JSONField(default=list)
+    has_attachments = models.BooleanField(default=False)
+
+    # Routing decision (which rules fired, and why).
+    routing = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["team", "message_id_hash", "content_hash"], name="uniq_message_identity_per_team"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["team", "message_id_hash"], name="message_team_mid"),
+            models.Index(fields=["thread", "date"], name="message_thread_date"),
+            models.Index(fields=["team", "-date", "-id"], name="message_team_date"),
+            models.Index(fields=["state", "id"], name="message_state"),
+        ]
+
+    def __str__(self) -> str:
+        return f"<{self.message_id}>"
+
+
+class MessageRaw(models.Model):
+    """The raw bytes of a message, stored once, durably, before anything is acknowledged."""
+
+    message = models.OneToOneField(Message, primary_key=True, on_delete=models.CASCADE, related_name="raw")
+    data = models.BinaryField()
+
+
+class Source(models.Model):
+    """Where we saw a message: an IMAP folder uid, the relay endpoint, or our own outbox."""
+
+    class Kind(models.TextChoices):
+        IMAP = "imap", "IMAP"
+        LMTP = "lmtp", "Inbound SMTP/LMTP"
+        OUTBOX = "outbox", "Sent from Mailroom"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="sources")
+    mailbox = models.ForeignKey("mailboxes.Mailbox", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    folder = models.ForeignKey(
+        "mailboxes.Folder", null=True, blank=True, on_delete=models.CASCADE, related_name="sources"
+    )
+    uidvalidity = models.BigIntegerField(null=True, blank=True)
+    uid = models.BigIntegerField(null=True, blank=True)
+    # Natural identity for non-IMAP sources (e.g. "lmtp:<recipient>:<content hash>", "outbox:<id>").
+    key = models.CharField(max_length=300, null=True, blank=True, unique=True)
+    internal_date = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["folder", "uidvalidity", "uid"],
+                condition=models.Q(kind="imap"),
+                name="uniq_imap_source",
+            )
+        ]
+
+
+class Participant(models.Model):
+    class Role(models.TextChoices):
+        FROM = "from", "From"
+        SENDER = "sender", "Sender"
+        REPLY_TO = "reply_to", "Reply-To"
+        TO = "to", "To"
+        CC = "cc", "Cc"
+        BCC = "bcc", "Bcc"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="participants")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    address = models.CharField(max_length=320, db_index=True)
+    name = models.CharField(max_length=300, blank=True)
+    contact = models.ForeignKey(
+        "crm.Contact", null=True, blank=True, on_delete=models.SET_NULL, related_name="participations"
+    )
+
+
+class Attachment(models.Model):
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments")
+    filename = models.CharField(max_length=500, blank=True)
+    content_type = models.CharField(max_length=200)
+    size = models.PositiveIntegerField(default=0)
+    content_id = models.CharField(max_length=500, blank=True)
+    inline = models.BooleanField(default=False)
+    part_path = models.CharField(max_length=200)  # where in the MIME tree, to re-extract from the raw bytes

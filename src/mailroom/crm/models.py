@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Company(models.Model):
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="companies")
+    name = models.CharField(max_length=300)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "companies"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CompanyDomain(models.Model):
+    company = models.ForeignKey(Company, on_delete=models.CASCADE, related_name="domains")
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="+")
+    domain = models.CharField(max_length=255)  # lower-case
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "domain"], name="uniq_company_domain_per_team")]
+
+
+class Contact(models.Model):
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="contacts")
+    name = models.CharField(max_length=300, blank=True)
+    phone = models.CharField(max_length=50, blank=True)
+    company = models.ForeignKey(Company, null=True, blank=True, on_delete=models.SET_NULL, related_name="contacts")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="owned_contacts"
+    )
+    created_automatically = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name or f"contact {self.pk}"
+
+
+class ContactEmail(models.Model):
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="emails")
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="+")
+    address = models.CharField(max_length=320)  # lower-case, as written
+    canonical = models.CharField(max_length=320, db_index=True)  # provider-normalised (gmail dots, +tags)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "address"], name="uniq_contact_email_per_team")]
+
+
+class Deal(models.Model):
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        WON = "won", "Won"
+        LOST = "lost", "Lost"
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="deals")
+    title = models.CharField(max_length=300)
+    contact = models.ForeignKey(Contact, null=True, blank=True, on_delete=models.SET_NULL, related_name="deals")
+    company = models.ForeignKey(Company, null=True, blank=True, on_delete=models.SET_NULL, related_name="deals")
+    amount = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
+    stage = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="owned_deals"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.title

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class OutboundConfig(AppConfig):
+    name = "mailroom.outbound"
+    label = "outbound"
