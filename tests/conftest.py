@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.factories_plugin"]
+pytest_plugins = ["tests.factories_plugin", "mailroom.testing.fixtures"]
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,9 @@ class Membership(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "team"], name="uniq_membership")]
 
+    def __str__(self) -> str:
+        return f"{self.user_id}@{self.team_id} ({self.role})"
+
 
 class ApiToken(models.Model):
     """A bearer token. Only its SHA-256 is stored; the clear token is shown once at creation."""
@@ -40,6 +43,9 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.hint}… ({self.name})"
 
     @staticmethod
     def hash(token: str) -> str:

@@ -49,6 +49,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -102,9 +103,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 30,
         }
     )
-    DATABASES["default"]["TEST"] = {"NAME": os.environ.get("MAILROOM_TEST_SQLITE", "")} if os.environ.get(
-        "MAILROOM_TEST_SQLITE"
-    ) else {}
+    # A file (not :memory:) so that subprocesses in end-to-end tests (kill -9 runs) share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-mailroom.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -121,6 +121,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+WHITENOISE_USE_FINDERS = True  # serve the admin's static files without a collectstatic step
 
 LOGIN_URL = "/admin/login/"
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 
@@ -13,8 +14,33 @@ class Thread(models.Model):
     deal = models.ForeignKey("crm.Deal", null=True, blank=True, on_delete=models.SET_NULL, related_name="threads")
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # --- linking (issue 4) ---
+    class Verification(models.TextChoices):
+        VERIFIED = "", "Verified"
+        UNVERIFIED = "unverified", "Unverified: claims to reply to another thread"
+        REJECTED = "rejected", "Rejected by a user"
+
+    class DealSource(models.TextChoices):
+        NONE = "", "None"
+        AUTO = "auto", "Linked by the rules"
+        USER = "user", "Chosen by a user (sticks)"
+
+    # Canonical addresses of every from/to/cc of the thread's messages (anti-spoofing, subject fallback).
+    participants = models.JSONField(default=list, blank=True)
+    verification = models.CharField(max_length=12, choices=Verification.choices, default="", blank=True)
+    claimed_thread = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="unverified_claims"
+    )
+    deal_source = models.CharField(max_length=4, choices=DealSource.choices, default="", blank=True)
+    # Open deals the rules could not choose between (the user picks one via the API).
+    deal_candidates = models.JSONField(default=list, blank=True)
+
     class Meta:
-        indexes = [models.Index(fields=["team", "-last_message_at"], name="thread_team_recent")]
+        indexes = [
+            models.Index(fields=["team", "-last_message_at"], name="thread_team_recent"),
+            models.Index(fields=["team", "normalized_subject", "-last_message_at"], name="thread_team_subject"),
+            models.Index(fields=["deal", "-last_message_at"], name="thread_deal_recent"),
+        ]
 
     def __str__(self) -> str:
         return self.subject or f"thread {self.pk}"
@@ -68,6 +94,9 @@ class Message(models.Model):
     auth = models.JSONField(null=True, blank=True)
     parse_errors = models.JSONField(default=list)
     has_attachments = models.BooleanField(default=False)
+    # Headers routing needs beyond the threading ones: thread_index, thread_topic, gm_thread_id,
+    # list_id, auto_submitted, ... (parsing.mime.RoutingHeaders as a dict).
+    routing_headers = models.JSONField(default=dict)
 
     # Routing decision (which rules fired, and why).
     routing = models.JSONField(null=True, blank=True)
@@ -144,6 +173,9 @@ class Participant(models.Model):
         "crm.Contact", null=True, blank=True, on_delete=models.SET_NULL, related_name="participations"
     )
 
+    class Meta:
+        indexes = [models.Index(fields=["contact", "message"], name="participant_contact_message")]
+
 
 class Attachment(models.Model):
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments")
@@ -153,3 +185,71 @@ class Attachment(models.Model):
     content_id = models.CharField(max_length=500, blank=True)
     inline = models.BooleanField(default=False)
     part_path = models.CharField(max_length=200)  # where in the MIME tree, to re-extract from the raw bytes
+
+
+# --- threading and linking (issue 4) -------------------------------------------------------------------
+class MessageKey(models.Model):
+    """Threading evidence a message carries, indexed for lookup from other messages: the Message-IDs it
+    references (``r:<sha256>``), its Outlook conversation (``ti:<hex>``), its Gmail thread (``gm:<id>``).
+    The thread is the message's current thread, so merges and splits need no rewriting here."""
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="+")
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="keys")
+    key = models.CharField(max_length=80)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["message", "key"], name="uniq_message_key")]
+        indexes = [models.Index(fields=["team", "key"], name="message_key_lookup")]
+
+
+class ThreadAlias(models.Model):
+    """A merged thread: references to the absorbed thread (our signed Message-IDs, links) resolve to the
+    survivor, so later replies to either branch follow the merge."""
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="+")
+    absorbed_id = models.BigIntegerField(unique=True)
+    survivor = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="aliases")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"thread {self.absorbed_id} -> {self.survivor_id}"
+
+
+class MessagePlacement(models.Model):
+    """A user's decision on where a message belongs (split, merge, accepted claim). Routing replays keep it."""
+
+    class Reason(models.TextChoices):
+        SPLIT = "split", "Split out"
+        MERGE = "merge", "Merged"
+        ACCEPTED = "accepted", "Unverified reply accepted"
+
+    message = models.OneToOneField(Message, primary_key=True, on_delete=models.CASCADE, related_name="placement")
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="placements")
+    reason = models.CharField(max_length=10, choices=Reason.choices)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class MessageContact(models.Model):
+    """One row per (contact, message): the contact (and company) timelines, each message once,
+    answered from one index range (contact, date)."""
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="+")
+    contact = models.ForeignKey("crm.Contact", on_delete=models.CASCADE, related_name="message_links")
+    company = models.ForeignKey(
+        "crm.Company", null=True, blank=True, on_delete=models.SET_NULL, related_name="message_links"
+    )
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="contact_links")
+    date = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["contact", "message"], name="uniq_message_contact")]
+        indexes = [
+            models.Index(fields=["contact", "-date", "-message"], name="message_contact_timeline"),
+            models.Index(fields=["company", "-date", "-message"], name="message_company_timeline"),
+        ]

@@ -1,0 +1,122 @@
+"""The processing pipeline over the raw store: parse, then route and link.
+
+The database is the source of truth: a message's ``state`` says which stage it needs. Workers
+(in-process threads on the embedded default, Celery tasks when ``MAILROOM_TASKS=celery``) claim
+batches of messages by state; a queue only wakes them, and the sweeper (``process_pending`` on a
+timer) re-drives anything left behind. Every stage is idempotent, so running a message twice is
+harmless. A message that keeps failing is quarantined with its reason after ``MAX_ATTEMPTS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from mailroom.conversations.models import Message
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+BATCH = 200
+
+_wake_callbacks: list[Callable[[], None]] = []
+_wake_lock = threading.Lock()
+
+
+def on_wake(callback: Callable[[], None]) -> None:
+    """Register a callback run whenever new messages are committed (worker wake-up)."""
+    with _wake_lock:
+        _wake_callbacks.append(callback)
+
+
+def clear_wake_callbacks() -> None:
+    with _wake_lock:
+        _wake_callbacks.clear()
+
+
+def wake_pipeline() -> None:
+    with _wake_lock:
+        callbacks = list(_wake_callbacks)
+    for cb in callbacks:
+        try:
+            cb()
+        except Exception:  # a broken waker must never fail a commit hook
+            log.exception("pipeline.wake_failed")
+
+
+def _fail(pk: int, exc: BaseException) -> None:
+    reason = f"{type(exc).__name__}: {exc}"
+    log.warning("pipeline.failed", extra={"message_pk": pk, "reason": reason})
+    Message.objects.filter(pk=pk).update(attempts=F("attempts") + 1, last_error=reason[:2000])
+    Message.objects.filter(pk=pk, attempts__gte=MAX_ATTEMPTS).exclude(state=Message.State.QUARANTINED).update(
+        state=Message.State.QUARANTINED,
+        quarantined_at=timezone.now(),
+        last_error=(reason + "\n" + "".join(traceback.format_exception(exc))[-3000:]),
+    )
+
+
+def parse_pending(limit: int = BATCH) -> int:
+    """Parse up to ``limit`` stored messages. Returns how many were handled."""
+    from mailroom.conversations.services import message_parse_store
+
+    pks = list(
+        Message.objects.filter(state=Message.State.STORED).order_by("id").values_list("id", flat=True)[:limit]
+    )
+    for pk in pks:
+        try:
+            message_parse_store(message_pk=pk)
+        except Exception as exc:
+            _fail(pk, exc)
+    return len(pks)
+
+
+def link_pending(limit: int = BATCH) -> int:
+    """Thread and link up to ``limit`` parsed messages, oldest first (so parents come before replies)."""
+    from mailroom.conversations.linking import messages_link
+
+    pks = list(
+        Message.objects.filter(state=Message.State.PARSED).order_by("date", "id").values_list("id", flat=True)[:limit]
+    )
+    if not pks:
+        return 0
+    try:
+        messages_link(message_pks=pks)
+    except Exception:
+        # One bad message must not block the batch: retry one by one to find it.
+        for pk in pks:
+            try:
+                with transaction.atomic():
+                    messages_link(message_pks=[pk])
+            except Exception as exc:
+                _fail(pk, exc)
+    return len(pks)
+
+
+def process_pending(limit: int = BATCH) -> int:
+    """One sweep: parse, then link. Returns the number of messages handled."""
+    return parse_pending(limit) + link_pending(limit)
+
+
+def drain(max_rounds: int = 1_000_000) -> int:
+    """Process until nothing is pending (tests, `mailroom sync --once`)."""
+    total = 0
+    for _ in range(max_rounds):
+        n = process_pending()
+        total += n
+        if n == 0:
+            break
+    return total
+
+
+def quarantine_replay(*, message_pk: int) -> None:
+    """Put a quarantined message back into the pipeline (after a fix)."""
+    Message.objects.filter(pk=message_pk, state=Message.State.QUARANTINED).update(
+        state=Message.State.STORED, attempts=0, last_error="", quarantined_at=None
+    )
+    transaction.on_commit(wake_pipeline)

@@ -1,0 +1,92 @@
+"""Writes on conversations owned by the pipeline: storing the full parse of a message."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from mailroom.conversations.models import Attachment, Message, Participant
+from mailroom.parsing.mime import ParsedMessage, parse_message
+
+
+def _as_dict(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+
+
+def _participants(message: Message, parsed: ParsedMessage) -> list[Participant]:
+    rows: list[Participant] = []
+    seen: set[tuple[str, str]] = set()
+    for role, addrs in (
+        (Participant.Role.FROM, parsed.from_),
+        (Participant.Role.SENDER, parsed.sender),
+        (Participant.Role.REPLY_TO, parsed.reply_to),
+        (Participant.Role.TO, parsed.to),
+        (Participant.Role.CC, parsed.cc),
+        (Participant.Role.BCC, parsed.bcc),
+    ):
+        for a in addrs:
+            key = (role, a.address)
+            if key in seen or not a.address:
+                continue
+            seen.add(key)
+            rows.append(Participant(message=message, role=role, address=a.address[:320], name=(a.name or "")[:300]))
+    return rows
+
+
+def message_parse_store(*, message_pk: int) -> None:
+    """Parse a stored message's raw bytes and store the result (idempotent: replaces earlier output)."""
+    message = Message.objects.select_related("raw").get(pk=message_pk)
+    if message.state != Message.State.STORED:
+        return
+    parsed = parse_message(
+        bytes(message.raw.data),
+        received_at=message.received_at,
+        trusted_authserv_ids=tuple(settings.MAILROOM_TRUSTED_AUTHSERV_IDS),
+    )
+    with transaction.atomic():
+        Participant.objects.filter(message=message).delete()
+        Attachment.objects.filter(message=message).delete()
+        Participant.objects.bulk_create(_participants(message, parsed))
+        Attachment.objects.bulk_create(
+            [
+                Attachment(
+                    message=message,
+                    filename=a.filename[:500],
+                    content_type=a.content_type[:200],
+                    size=a.size,
+                    content_id=a.content_id[:500],
+                    inline=a.inline,
+                    part_path=a.part_path[:200],
+                )
+                for a in parsed.attachments
+            ]
+        )
+        bounce = _as_dict(parsed.bounce)
+        message.subject = parsed.subject[:5000]
+        if parsed.date is not None and parsed.date_source == "header":
+            message.date = parsed.date
+        message.text = parsed.text
+        message.html = parsed.html_safe
+        message.reply_text = parsed.reply_text
+        message.is_auto_reply = parsed.is_auto_reply
+        message.is_bulk = parsed.is_bulk
+        message.bounce = bounce if bounce and bounce.get("is_bounce") else None
+        message.auth = _as_dict(parsed.auth)
+        message.parse_errors = list(parsed.errors)
+        message.has_attachments = any(not a.inline for a in parsed.attachments)
+        message.routing_headers = {
+            **_as_dict(parsed.routing),
+            "auto_reply_reason": parsed.auto_reply_reason,
+            "bulk_reason": parsed.bulk_reason,
+            "has_remote_images": parsed.has_remote_images,
+        }
+        message.state = Message.State.PARSED
+        message.save(
+            update_fields=[
+                "subject", "date", "text", "html", "reply_text", "is_auto_reply", "is_bulk", "bounce", "auth",
+                "parse_errors", "has_attachments", "routing_headers", "state",
+            ]
+        )

@@ -1,0 +1,156 @@
+"""`mailroom serve`, `mailroom demo`, `mailroom migrate`, `mailroom keys generate`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import sys
+import threading
+from typing import Any
+
+from mailroom.cli import setup_django
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", help="run web UI, REST API, sync engine and workers in one process")
+    serve.add_argument("--host", default=os.environ.get("MAILROOM_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("MAILROOM_PORT", "8025")))
+    serve.add_argument("--no-sync", action="store_true", help="web and API only")
+    serve.add_argument("--threads", type=int, default=8, help="web server threads")
+    serve.set_defaults(handler=_serve)
+
+    demo = sub.add_parser("demo", help="serve with a local IMAP/SMTP sandbox and sample mail already connected")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8025)
+    demo.set_defaults(handler=_demo)
+
+    mig = sub.add_parser("migrate", help="create or upgrade the database")
+    mig.set_defaults(handler=_migrate)
+
+    keys = sub.add_parser("keys", help="encryption keys for secrets at rest")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    gen = ksub.add_parser("generate", help="print a new key spec for MAILROOM_ENCRYPTION_KEYS")
+    gen.add_argument("--kid", default=None)
+    gen.set_defaults(handler=_keys_generate)
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    setup_django()
+    from mailroom.core.crypto import generate_key_spec
+
+    print(generate_key_spec(args.kid))
+    return 0
+
+
+def prepare(verbose: bool = True) -> dict[str, str]:
+    """Migrate, create the key file on a fresh install, and an admin on first start.
+    Returns {"username", "password", "token"} when it created the first admin."""
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from mailroom.core import crypto
+
+    db_is_new = not _db_has_tables()
+    call_command("migrate", interactive=False, verbosity=0)
+    if db_is_new:
+        crypto.ensure_key_file()
+    crypto.keyring()  # refuses with a clear message when the key is missing
+    User = get_user_model()
+    if User.objects.exists():
+        return {}
+    from mailroom.accounts.services import token_create, user_create
+
+    password = os.environ.get("MAILROOM_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+    user = user_create(username="admin", password=password, email="", team_name="Default", superuser=True)
+    return {"username": user.username, "password": password, "token": token_create(user=user, name="first start")}
+
+
+def _db_has_tables() -> bool:
+    from django.db import connection
+
+    return "accounts_team" in connection.introspection.table_names()
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    setup_django()
+    prepare()
+    print("database is up to date")
+    return 0
+
+
+def run_server(host: str, port: int, *, sync: bool, threads: int, banner: dict[str, str], extra: list[str] | None = None) -> int:
+    from waitress.server import create_server
+
+    from mailroom.config.wsgi import application
+
+    engine: Any = None
+    stop = threading.Event()
+    background: list[Any] = []
+    if sync:
+        from mailroom.ingest.engine import SyncEngine
+
+        engine = SyncEngine()
+        engine.start()
+        try:
+            from mailroom.outbound.tasks import run_outbox_worker
+        except ImportError:
+            run_outbox_worker = None
+        if run_outbox_worker is not None:
+            t = threading.Thread(target=run_outbox_worker, args=(stop,), name="outbox", daemon=True)
+            t.start()
+            background.append(t)
+    server = create_server(application, host=host, port=port, threads=threads)
+    url = f"http://{host}:{port}/"
+    print(f"Mailroom is running at {url}  (API: {url}api/v1/docs)", flush=True)
+    if banner:
+        print(f"First start: log in as '{banner['username']}' with password '{banner['password']}'", flush=True)
+        print(f"API token for scripts: {banner['token']}", flush=True)
+    else:
+        print("Log in with your user (create one: 'mailroom user create NAME --superuser').", flush=True)
+    for line in extra or []:
+        print(line, flush=True)
+
+    def _shutdown(*_: Any) -> None:
+        stop.set()
+        server.close()
+
+    signal.signal(signal.SIGTERM, _shutdown)
+    try:
+        server.run()
+    except (KeyboardInterrupt, OSError):
+        pass
+    finally:
+        stop.set()
+        if engine is not None:
+            engine.stop()
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    setup_django()
+    banner = prepare()
+    return run_server(args.host, args.port, sync=not args.no_sync, threads=args.threads, banner=banner)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    setup_django()
+    from django.conf import settings
+
+    from mailroom.core.demo import demo_setup
+
+    banner = prepare()
+    try:
+        info = demo_setup(settings.DATA_DIR / "demo")
+    except RuntimeError as exc:
+        print(f"mailroom demo: {exc}", file=sys.stderr)
+        return 2
+    extra = [
+        f"Demo mailbox {info['email']} (IMAP 127.0.0.1:{info['imap_port']}, SMTP 127.0.0.1:{info['smtp_port']}, "
+        f"password {info['password']}) is connected; {info['seeded']} sample messages are syncing now.",
+    ]
+    try:
+        return run_server(args.host, args.port, sync=True, threads=8, banner=banner, extra=extra)
+    finally:
+        info["stop"]()  # type: ignore[operator]

@@ -1,0 +1,158 @@
+"""The demo sandbox: a private Dovecot on loopback, a small authenticated SMTP server that delivers
+to it, realistic Russian and English correspondence, and a mailbox already connected to it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.header import Header
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+
+DEMO_EMAIL = "manager@company.test"
+DEMO_PASSWORD = "demo-password"  # noqa: S105 - a loopback sandbox
+
+
+def sample_correspondence(now: datetime | None = None) -> Iterator[tuple[str, bytes]]:
+    """(folder, raw) pairs: threads with clients in Russian (UTF-8, KOI8-R, windows-1251) and English."""
+    now = now or datetime.now(UTC)
+    clients = [
+        ("Иван Петров", "ivan.petrov@romashka.test", "ru"),
+        ("Anna Smith", "anna@acme-client.test", "en"),
+        ("Ольга Смирнова", "olga@stroymontazh.test", "ru"),
+        ("John Doe", "john@globex.test", "en"),
+    ]
+    topics_ru = ["Коммерческое предложение", "Счёт на оплату", "Договор поставки", "Встреча в четверг"]
+    topics_en = ["Quote request", "Invoice", "Delivery schedule", "Meeting on Thursday"]
+    t = now - timedelta(days=20)
+    n = 0
+    for ci, (name, addr, lang) in enumerate(clients):
+        topics = topics_ru if lang == "ru" else topics_en
+        for ti, topic in enumerate(topics):
+            parent_id: str | None = None
+            refs: list[str] = []
+            for turn in range(3):
+                n += 1
+                t += timedelta(hours=3, minutes=17 * n % 60)
+                incoming = turn % 2 == 0
+                msg = EmailMessage()
+                mid = make_msgid(domain=("romashka.test" if incoming else "company.test"))
+                subj = topic if turn == 0 else "Re: " + topic
+                if lang == "ru":
+                    body = (
+                        f"Здравствуйте!\n\nПо теме «{topic}»: прошу прислать подробности до пятницы.\n\nС уважением,\n{name}"
+                        if incoming else "Добрый день!\n\nВсё получили, ответим сегодня.\n\n--\nМенеджер, ООО «Компания»"
+                    )
+                else:
+                    body = (
+                        f"Hello,\n\nRegarding {topic.lower()}: could you send the details by Friday?\n\nBest,\n{name}"
+                        if incoming else "Hi,\n\nThanks, we will get back to you today.\n\n--\nManager, Company Ltd"
+                    )
+                if parent_id:
+                    quote = "\n".join("> " + line for line in body.splitlines())
+                    body += f"\n\n{('пишет' if lang == 'ru' else 'wrote')}:\n{quote}"
+                charset = "utf-8"
+                if lang == "ru" and ti == 1:
+                    charset = "koi8-r"
+                elif lang == "ru" and ti == 2:
+                    charset = "windows-1251"
+                sender = (name, addr) if incoming else ("Менеджер" if lang == "ru" else "Manager", DEMO_EMAIL)
+                rcpt = (("Менеджер" if lang == "ru" else "Manager", DEMO_EMAIL) if incoming else (name, addr))
+                msg["From"] = f"{Header(sender[0], 'utf-8').encode()} <{sender[1]}>"
+                msg["To"] = f"{Header(rcpt[0], 'utf-8').encode()} <{rcpt[1]}>"
+                msg["Subject"] = subj
+                msg["Date"] = format_datetime(t)
+                msg["Message-ID"] = mid
+                if parent_id:
+                    msg["In-Reply-To"] = parent_id
+                    msg["References"] = " ".join(refs)
+                msg.set_content(body, charset=charset)
+                if ci == 0 and ti == 0 and turn == 0:
+                    msg.add_attachment(
+                        "Позиция;Цена\nКирпич;12.50\n".encode("windows-1251"),
+                        maintype="text", subtype="csv", filename="Прайс-лист.csv",
+                    )
+                parent_id = mid
+                refs.append(mid)
+                yield ("INBOX" if incoming else "Sent", msg.as_bytes())
+
+
+class _DeliverHandler:
+    def __init__(self, deliver: Callable[[str, bytes], None], local_domains: set[str]) -> None:
+        self.deliver = deliver
+        self.local_domains = local_domains
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        for rcpt in envelope.rcpt_tos:
+            if rcpt.split("@")[-1].lower() in self.local_domains:
+                await asyncio.get_running_loop().run_in_executor(None, self.deliver, rcpt, envelope.content)
+        return "250 OK delivered"
+
+
+def demo_setup(run_dir: Path) -> dict[str, object]:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    from mailroom.accounts.services import team_get_or_create
+    from mailroom.mailboxes.models import Mailbox
+    from mailroom.mailboxes.services import mailbox_create
+    from mailroom.testing.servers import Dovecot, ServersNotInstalled, free_port
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dovecot = Dovecot(run_dir)
+    try:
+        dovecot.start()
+    except ServersNotInstalled as exc:
+        raise RuntimeError(f"{exc} (the demo needs Dovecot: run scripts/install-servers once)") from exc
+    fresh = DEMO_EMAIL not in dovecot.users
+    dovecot.add_user(DEMO_EMAIL, DEMO_PASSWORD)
+    for addr in ("ivan.petrov@romashka.test", "anna@acme-client.test", "olga@stroymontazh.test", "john@globex.test"):
+        dovecot.add_user(addr, DEMO_PASSWORD)
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        ok = isinstance(auth_data, LoginPassword) and auth_data.password.decode() == DEMO_PASSWORD
+        return AuthResult(success=ok)
+
+    smtp_port = free_port()
+    controller = Controller(
+        _DeliverHandler(lambda rcpt, raw: dovecot.deliver(rcpt, raw), {"company.test", "romashka.test",
+                        "acme-client.test", "stroymontazh.test", "globex.test"}),
+        hostname="127.0.0.1", port=smtp_port, authenticator=authenticator, auth_require_tls=False,
+    )
+    controller.start()
+
+    seeded = 0
+    if fresh and dovecot.count(DEMO_EMAIL, "INBOX") == 0:
+        by_folder: dict[str, list[bytes]] = {}
+        for folder, raw in sample_correspondence():
+            by_folder.setdefault(folder, []).append(raw)
+        for folder, raws in by_folder.items():
+            seeded += dovecot.deliver_many(DEMO_EMAIL, raws, folder)
+
+    team = team_get_or_create(name="Default")
+    mb = Mailbox.objects.filter(team=team, email=DEMO_EMAIL).first()
+    if mb is None:
+        mb = mailbox_create(
+            team=team, email=DEMO_EMAIL, name="Demo mailbox", imap_host="127.0.0.1", imap_port=dovecot.imap_port,
+            imap_security="plain", smtp_host="127.0.0.1", smtp_port=smtp_port, smtp_security="plain",
+            password=DEMO_PASSWORD, contact_policy="senders",
+        )
+    else:  # ports are new on every start
+        Mailbox.objects.filter(pk=mb.pk).update(
+            imap_port=dovecot.imap_port, smtp_port=smtp_port, next_attempt_at=None, consecutive_failures=0
+        )
+
+    stopped = threading.Event()
+
+    def stop() -> None:
+        if not stopped.is_set():
+            stopped.set()
+            controller.stop()
+            dovecot.stop()
+
+    return {"email": DEMO_EMAIL, "password": DEMO_PASSWORD, "imap_port": dovecot.imap_port,
+            "smtp_port": smtp_port, "seeded": seeded, "stop": stop}

@@ -1,0 +1,142 @@
+"""The sync engine of one process: a runner thread per mailbox it holds a lease on, plus pipeline
+workers. ``mailroom serve`` runs one; several processes (or machines, on PostgreSQL) can run side by
+side: a mailbox is synced by whoever holds its lease, and a lease that is not renewed expires so
+another process takes over (failover)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from datetime import timedelta
+
+from django.db import close_old_connections
+from django.db.models import Q
+from django.utils import timezone
+
+from mailroom.conversations import pipeline
+from mailroom.ingest.imap.worker import MailboxRunner
+from mailroom.mailboxes.models import Mailbox
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 60
+_current: SyncEngine | None = None
+
+
+def current_engine() -> SyncEngine | None:
+    """The engine running in this process, if any (the API kicks it on changes)."""
+    return _current
+
+
+def new_owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def lease_claim(*, mailbox_id: int, owner: str) -> bool:
+    now = timezone.now()
+    return bool(
+        Mailbox.objects.filter(pk=mailbox_id)
+        .filter(Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_expires_at__lt=now))
+        .update(lease_owner=owner, lease_expires_at=now + timedelta(seconds=LEASE_SECONDS))
+    )
+
+
+def lease_release(*, owner: str) -> None:
+    Mailbox.objects.filter(lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+
+
+class PipelineWorker(threading.Thread):
+    """Parses and links stored messages. Woken on commit; sweeps every few seconds anyway."""
+
+    def __init__(self, stop: threading.Event, *, sweep_seconds: float = 3.0, name: str = "pipeline") -> None:
+        super().__init__(name=name, daemon=True)
+        self.stop_event = stop
+        self.wake = threading.Event()
+        self.sweep_seconds = sweep_seconds
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.wake.wait(self.sweep_seconds)
+            self.wake.clear()
+            try:
+                while not self.stop_event.is_set() and pipeline.process_pending() > 0:
+                    pass
+            except Exception:
+                log.exception("pipeline.sweep_failed")
+            finally:
+                close_old_connections()
+
+
+class SyncEngine:
+    def __init__(self, *, reconcile_seconds: float = 3.0, idle_seconds: float = 25.0, pipeline_workers: int = 1) -> None:
+        self.owner = new_owner_id()
+        self.stop_event = threading.Event()
+        self.runners: dict[int, MailboxRunner] = {}
+        self.reconcile_seconds = reconcile_seconds
+        self.idle_seconds = idle_seconds
+        self.workers = [PipelineWorker(self.stop_event, name=f"pipeline-{i}") for i in range(pipeline_workers)]
+        self._wakeup = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sync-engine", daemon=True)
+
+    def start(self) -> None:
+        global _current
+        _current = self
+        for w in self.workers:
+            w.start()
+        pipeline.on_wake(self.wake_pipeline)
+        self._thread.start()
+
+    def wake_pipeline(self) -> None:
+        for w in self.workers:
+            w.wake.set()
+
+    def kick(self, mailbox_id: int) -> None:
+        """Sync this mailbox now (a new mailbox is picked up at once, a backing-off one retried)."""
+        runner = self.runners.get(mailbox_id)
+        if runner is not None:
+            runner.kick_event.set()
+        else:
+            self._wakeup.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        global _current
+        if _current is self:
+            _current = None
+        self.stop_event.set()
+        self._wakeup.set()
+        for r in self.runners.values():
+            r.kick_event.set()
+        self._thread.join(timeout)
+        try:
+            lease_release(owner=self.owner)
+        except Exception:
+            log.exception("engine.lease_release_failed")
+
+    def reconcile(self) -> None:
+        wanted = set(Mailbox.objects.filter(sync_enabled=True).values_list("id", flat=True))
+        # Renew what we hold; drop runners whose lease another process took over.
+        Mailbox.objects.filter(lease_owner=self.owner).update(
+            lease_expires_at=timezone.now() + timedelta(seconds=LEASE_SECONDS)
+        )
+        for mid, runner in list(self.runners.items()):
+            if not runner.is_alive() or mid not in wanted:
+                self.runners.pop(mid)
+        for mid in wanted - set(self.runners):
+            if lease_claim(mailbox_id=mid, owner=self.owner):
+                runner = MailboxRunner(mid, self.stop_event, idle_seconds=self.idle_seconds)
+                self.runners[mid] = runner
+                runner.start()
+
+    def _loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.reconcile()
+            except Exception:
+                log.exception("engine.reconcile_failed")
+            finally:
+                close_old_connections()
+            self._wakeup.wait(self.reconcile_seconds)
+            self._wakeup.clear()

@@ -1,0 +1,367 @@
+"""IMAP sync of one mailbox: folders by role, incremental by UID, newest-first resumable backfill,
+IDLE for near-real-time INBOX, health and backoff. The only module here that talks to both the
+network and the database; decisions come from :mod:`plan`."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.db import close_old_connections, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from mailroom.conversations.models import Source
+from mailroom.ingest.imap.client import Fetched, ImapSession, ServerFolder, is_network_error
+from mailroom.ingest.imap.plan import Cursor, ServerState, batches, plan_folder
+from mailroom.ingest.models import ImportFailure
+from mailroom.ingest.rawstore import IncomingRaw, store_batch
+from mailroom.mailboxes.connect import ImapError, imap_settings
+from mailroom.mailboxes.models import Folder, Mailbox
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_COUNT = 500
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+SIZE_WINDOW = 2000  # UIDs whose sizes we ask for at once
+NEW_MAIL_CHECK_SECONDS = 2.0  # during a long backfill, look for new mail this often
+MAX_UID_ATTEMPTS = 3
+
+Progress = Callable[[Folder, int], None]  # (folder, messages stored in this step)
+
+
+@dataclass
+class FolderResult:
+    stored: int = 0  # new sources
+    new_messages: int = 0
+    reset: bool = False
+    failed_uids: list[int] = field(default_factory=list)
+
+
+def _cursor(folder: Folder) -> Cursor:
+    return Cursor(
+        uidvalidity=folder.uidvalidity,
+        uidnext=folder.uidnext,
+        highestmodseq=folder.highestmodseq,
+        synced_high_uid=folder.synced_high_uid,
+        backfill_low_uid=folder.backfill_low_uid,
+        backfill_done=folder.backfill_done,
+    )
+
+
+def folders_refresh(session: ImapSession, mailbox: Mailbox) -> list[Folder]:
+    """Upsert the mailbox's folders from LIST; mark the ones whose role we sync."""
+    server: list[ServerFolder] = session.folders()
+    roles = set(mailbox.roles)
+    existing = {f.raw_name: f for f in mailbox.folders.all()}
+    seen_roles: set[str] = set()
+    out: list[Folder] = []
+    for sf in server:
+        role = sf.role
+        if role != "other" and role in seen_roles:
+            role = "other"  # two folders claiming \Sent: sync the first
+        seen_roles.add(role)
+        selected = role in roles
+        f = existing.get(sf.raw_name)
+        if f is None:
+            f = Folder.objects.create(mailbox=mailbox, name=sf.name, raw_name=sf.raw_name, role=role, selected=selected)
+        elif f.role != role or f.selected != selected or f.name != sf.name:
+            f.role, f.selected, f.name = role, selected, sf.name
+            f.save(update_fields=["role", "selected", "name"])
+        out.append(f)
+    return out
+
+
+def _store(mailbox: Mailbox, folder: Folder, fetched: list[Fetched], cursor_update: dict[str, object]) -> tuple[int, int]:
+    """Store a batch and move the cursor in ONE transaction: nothing acknowledged before durable."""
+    with transaction.atomic():
+        res = store_batch(
+            team_id=mailbox.team_id,
+            items=[IncomingRaw(raw=f.raw, uid=f.uid, internal_date=f.internal_date) for f in fetched],
+            kind=Source.Kind.IMAP,
+            mailbox=mailbox,
+            folder=folder,
+            uidvalidity=folder.uidvalidity,
+        )
+        Folder.objects.filter(pk=folder.pk).update(
+            stored_count=F("stored_count") + res.new_sources, last_sync_at=timezone.now(), **cursor_update
+        )
+    for k, v in cursor_update.items():
+        setattr(folder, k, v)
+    folder.stored_count += res.new_sources
+    return res.new_sources, res.new_messages
+
+
+def _fetch_resilient(session: ImapSession, folder: Folder, uids: list[int]) -> tuple[list[Fetched], list[int]]:
+    """Fetch a batch; if the server refuses it, fetch one by one and report the UIDs that fail."""
+    try:
+        got = session.fetch(uids)
+    except ImapError:
+        got, failed = [], []
+        for uid in uids:
+            try:
+                got.extend(session.fetch([uid]))
+            except ImapError as exc:
+                failed.append(uid)
+                _note_failure(folder, uid, exc.message)
+        return got, failed
+    # A UID that vanished between SEARCH and FETCH (expunged) is simply gone: not a failure.
+    return got, []
+
+
+def _note_failure(folder: Folder, uid: int, reason: str) -> None:
+    row, _ = ImportFailure.objects.get_or_create(
+        folder=folder, uidvalidity=folder.uidvalidity or 0, uid=uid, defaults={"reason": reason}
+    )
+    ImportFailure.objects.filter(pk=row.pk).update(
+        attempts=F("attempts") + 1, reason=reason, quarantined=row.attempts + 1 >= MAX_UID_ATTEMPTS
+    )
+
+
+def _retry_blockers(folder: Folder) -> set[int]:
+    """UIDs that failed fewer than MAX_UID_ATTEMPTS times block the cursor (we try again)."""
+    return set(
+        ImportFailure.objects.filter(
+            folder=folder, uidvalidity=folder.uidvalidity or 0, quarantined=False
+        ).values_list("uid", flat=True)
+    )
+
+
+def _import_uids(
+    session: ImapSession,
+    mailbox: Mailbox,
+    folder: Folder,
+    uids: list[int],
+    *,
+    ascending: bool,
+    result: FolderResult,
+    progress: Progress | None,
+    deadline: float | None = None,
+) -> bool:
+    """Import ``uids`` (already ordered) in bounded batches, moving the cursor after each commit.
+    Returns False when stopped early by ``deadline`` (the rest is picked up next time)."""
+    for start in range(0, len(uids), SIZE_WINDOW):
+        window = uids[start : start + SIZE_WINDOW]
+        sizes = session.sizes(window)
+        for batch in batches(window, sizes, max_count=MAX_BATCH_COUNT, max_bytes=MAX_BATCH_BYTES):
+            fetched, failed = _fetch_resilient(session, folder, batch)
+            blockers = _retry_blockers(folder) & set(failed)
+            if ascending:
+                # The cursor may pass a failed UID only once it is quarantined.
+                stop_at = min(blockers) if blockers else None
+                ok = [f for f in fetched if stop_at is None or f.uid < stop_at]
+                high = max((f.uid for f in ok), default=folder.synced_high_uid)
+                if stop_at is not None:
+                    high = max(folder.synced_high_uid, stop_at - 1)
+                else:
+                    high = max(high, max(batch))
+                new_src, new_msgs = _store(mailbox, folder, ok, {"synced_high_uid": high})
+            else:
+                stop_at = max(blockers) if blockers else None
+                ok = [f for f in fetched if stop_at is None or f.uid > stop_at]
+                low = (stop_at + 1) if stop_at is not None else min(batch)
+                new_src, new_msgs = _store(mailbox, folder, ok, {"backfill_low_uid": low})
+            result.stored += new_src
+            result.new_messages += new_msgs
+            result.failed_uids.extend(failed)
+            if progress is not None:
+                progress(folder, new_src)
+            if blockers:
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+    return True
+
+
+def sync_folder(
+    session: ImapSession,
+    mailbox: Mailbox,
+    folder: Folder,
+    *,
+    progress: Progress | None = None,
+    backfill_seconds: float | None = None,
+) -> FolderResult:
+    """Bring one folder up to date. With ``backfill_seconds`` the backfill runs at most that long
+    (new mail is always taken first), so a caller can interleave IDLE and other folders."""
+    result = FolderResult()
+    status = session.examine(folder.name)
+    server = ServerState(status.uidvalidity, status.uidnext, status.exists, status.highestmodseq)
+    plan = plan_folder(_cursor(folder), server, newest_first=mailbox.newest_first)
+    if plan.reset:
+        result.reset = folder.uidvalidity is not None
+        if result.reset:
+            log.warning("ingest.uidvalidity_changed", extra={"folder": folder.pk, "new": status.uidvalidity})
+        Folder.objects.filter(pk=folder.pk).update(
+            uidvalidity=status.uidvalidity, uidnext=None, highestmodseq=None, synced_high_uid=0,
+            backfill_low_uid=None, backfill_done=False, stored_count=0,
+        )
+        folder.refresh_from_db()
+    Folder.objects.filter(pk=folder.pk).update(server_count=status.exists)
+    folder.server_count = status.exists
+
+    if plan.start_backfill:
+        # Pin the top: everything above it is "new mail"; everything below is backfilled downwards.
+        top_uids = session.uids_above(0)
+        top = top_uids[-1] if top_uids else 0
+        Folder.objects.filter(pk=folder.pk).update(synced_high_uid=top, backfill_low_uid=top + 1)
+        folder.synced_high_uid, folder.backfill_low_uid = top, top + 1
+    elif plan.check_new:
+        new = session.uids_above(folder.synced_high_uid)
+        _import_uids(session, mailbox, folder, new, ascending=True, result=result, progress=progress)
+
+    if plan.backfill and not folder.backfill_done:
+        deadline = time.monotonic() + backfill_seconds if backfill_seconds else None
+        while True:
+            low = folder.backfill_low_uid if folder.backfill_low_uid is not None else folder.synced_high_uid + 1
+            older = session.uids_below(low, SIZE_WINDOW)
+            if not older:
+                Folder.objects.filter(pk=folder.pk).update(backfill_done=True)
+                folder.backfill_done = True
+                break
+            step_deadline = time.monotonic() + NEW_MAIL_CHECK_SECONDS
+            if deadline is not None:
+                step_deadline = min(step_deadline, deadline)
+            done = _import_uids(
+                session, mailbox, folder, older, ascending=False, result=result, progress=progress,
+                deadline=step_deadline,
+            )
+            # New mail first, even in the middle of a long backfill.
+            new = session.uids_above(folder.synced_high_uid)
+            if new:
+                _import_uids(session, mailbox, folder, new, ascending=True, result=result, progress=progress)
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            if not done and _retry_blockers(folder):
+                break
+    # The cursor knows the server state only once everything up to it is stored.
+    Folder.objects.filter(pk=folder.pk).update(
+        uidnext=status.uidnext, highestmodseq=status.highestmodseq, last_sync_at=timezone.now()
+    )
+    folder.uidnext, folder.highestmodseq = status.uidnext, status.highestmodseq
+    return result
+
+
+# --- health ----------------------------------------------------------------------------------------
+def health_ok(mailbox: Mailbox) -> None:
+    Mailbox.objects.filter(pk=mailbox.pk).update(
+        health=Mailbox.Health.OK, last_error="", consecutive_failures=0, next_attempt_at=None,
+        last_sync_at=timezone.now(),
+    )
+
+
+def health_syncing(mailbox: Mailbox) -> None:
+    Mailbox.objects.filter(pk=mailbox.pk).update(health=Mailbox.Health.SYNCING)
+
+
+def health_failed(mailbox: Mailbox, exc: BaseException) -> float:
+    """Record the failure and return the backoff delay (exponential, with jitter)."""
+    mailbox.refresh_from_db(fields=["consecutive_failures"])
+    failures = mailbox.consecutive_failures + 1
+    kind = getattr(exc, "kind", "error")
+    message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+    base = 300.0 if kind == "auth" else 2.0
+    delay = min(900.0, base * (2 ** min(failures - 1, 8))) * random.uniform(0.5, 1.5)
+    Mailbox.objects.filter(pk=mailbox.pk).update(
+        health=Mailbox.Health.AUTH_FAILED if kind in ("auth", "oauth") else Mailbox.Health.ERROR,
+        last_error=message[:2000],
+        last_error_at=timezone.now(),
+        consecutive_failures=failures,
+        next_attempt_at=timezone.now() + timedelta(seconds=delay),
+    )
+    log.warning("ingest.mailbox_failed", extra={"mailbox": mailbox.pk, "kind": kind, "delay": round(delay, 1)})
+    return delay
+
+
+def open_session(mailbox: Mailbox) -> ImapSession:
+    return ImapSession.open(imap_settings(mailbox))
+
+
+def mailbox_sync_once(
+    mailbox: Mailbox, *, session: ImapSession | None = None, progress: Progress | None = None
+) -> dict[str, FolderResult]:
+    """Sync every selected folder of the mailbox to completion (the `mailroom sync --once` path)."""
+    own = session is None
+    health_syncing(mailbox)
+    try:
+        session = session or open_session(mailbox)
+        results: dict[str, FolderResult] = {}
+        for folder in folders_refresh(session, mailbox):
+            if folder.selected:
+                results[folder.name] = sync_folder(session, mailbox, folder, progress=progress)
+        health_ok(mailbox)
+        return results
+    except Exception as exc:
+        health_failed(mailbox, exc)
+        raise
+    finally:
+        if own and session is not None:
+            session.close()
+
+
+class MailboxRunner(threading.Thread):
+    """Keeps one mailbox in sync: sync, then IDLE on INBOX (poll other folders between IDLEs)."""
+
+    def __init__(self, mailbox_id: int, stop: threading.Event, *, idle_seconds: float = 25.0) -> None:
+        super().__init__(name=f"mailbox-{mailbox_id}", daemon=True)
+        self.mailbox_id = mailbox_id
+        self.stop_event = stop
+        self.kick_event = threading.Event()
+        self.idle_seconds = idle_seconds
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            close_old_connections()
+            try:
+                mailbox = Mailbox.objects.get(pk=self.mailbox_id)
+            except Mailbox.DoesNotExist:
+                return
+            if not mailbox.sync_enabled:
+                return
+            wait = 0.0
+            if mailbox.next_attempt_at and mailbox.next_attempt_at > timezone.now():
+                wait = (mailbox.next_attempt_at - timezone.now()).total_seconds()
+            if wait > 0:
+                self.kick_event.wait(wait)
+                self.kick_event.clear()
+                if self.stop_event.is_set():
+                    return
+            try:
+                self._session_loop(mailbox)
+            except Exception as exc:
+                if not isinstance(exc, ImapError) and not is_network_error(exc):
+                    log.exception("ingest.unexpected_error", extra={"mailbox": self.mailbox_id})
+                health_failed(mailbox, exc)
+            finally:
+                close_old_connections()
+
+    def _session_loop(self, mailbox: Mailbox) -> None:
+        session = open_session(mailbox)
+        try:
+            folders = folders_refresh(session, mailbox)
+            selected = [f for f in folders if f.selected]
+            inbox = next((f for f in selected if f.role == Folder.Role.INBOX), None)
+            health_syncing(mailbox)
+            while not self.stop_event.is_set():
+                pending_backfill = False
+                for folder in selected:
+                    sync_folder(session, mailbox, folder, backfill_seconds=5.0)
+                    pending_backfill |= not folder.backfill_done
+                if pending_backfill:
+                    continue  # keep importing; new mail is taken between backfill steps
+                health_ok(mailbox)
+                self.kick_event.clear()
+                if inbox is None:
+                    self.kick_event.wait(self.idle_seconds)
+                    continue
+                # IDLE on INBOX; other folders are polled when IDLE ends (change or timeout).
+                session.examine(inbox.name)
+                changed = session.idle_wait(timeout=min(self.idle_seconds, 5.0) if len(selected) > 1 else self.idle_seconds)
+                if changed:
+                    sync_folder(session, mailbox, inbox)
+        finally:
+            session.close()

@@ -1,0 +1,169 @@
+"""The raw store: bytes + identity rows, committed before anything is acknowledged.
+
+``store_batch`` is the one way mail enters Mailroom (IMAP sync, the LMTP relay endpoint, our own
+outbox). It is idempotent on natural identities:
+
+* a message is (team, sha256(Message-ID), content hash); a second copy (another folder, another
+  mailbox, the relay address and the manager's INBOX) gains a :class:`Source`, never a copy;
+* an IMAP source is (folder, UIDVALIDITY, UID); other sources carry a unique ``key``.
+
+The caller runs it inside its own transaction together with whatever acknowledges the bytes (the
+folder cursor), so that a crash at any point leaves either both or neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from mailroom.conversations.models import Message, MessageRaw, Source
+from mailroom.mailboxes.models import Folder, Mailbox
+from mailroom.parsing.headers import HeaderSummary, summarize_headers
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingRaw:
+    raw: bytes
+    uid: int | None = None
+    internal_date: datetime | None = None
+    key: str | None = None  # natural identity of a non-IMAP source
+
+
+@dataclass(slots=True)
+class StoreResult:
+    new_messages: int = 0
+    new_sources: int = 0
+    known_sources: int = 0
+    message_pks: list[int] = field(default_factory=list)  # one per item, in order
+
+
+def message_id_hash(message_id: str) -> str:
+    return hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _direction(summary: HeaderSummary, mailbox: Mailbox | None, folder: Folder | None) -> str:
+    if folder is not None and folder.role == Folder.Role.SENT:
+        return Message.Direction.OUTGOING
+    if mailbox is not None and summary.from_ and summary.from_[0].address == mailbox.email.lower():
+        return Message.Direction.OUTGOING
+    return Message.Direction.INCOMING
+
+
+def store_batch(
+    *,
+    team_id: int,
+    items: Sequence[IncomingRaw],
+    kind: str,
+    mailbox: Mailbox | None = None,
+    folder: Folder | None = None,
+    uidvalidity: int | None = None,
+    direction: str | None = None,
+) -> StoreResult:
+    result = StoreResult()
+    if not items:
+        return result
+    now = timezone.now()
+    summaries = [summarize_headers(item.raw) for item in items]
+    idents = [(message_id_hash(s.message_id), s.content_hash) for s in summaries]
+
+    with transaction.atomic():
+        # Which sources do we hold already? (A retried batch after a crash, or a concurrent worker.)
+        known_keys: set[object] = set()
+        if kind == Source.Kind.IMAP:
+            uids = [i.uid for i in items if i.uid is not None]
+            known_keys = set(
+                Source.objects.filter(
+                    kind=kind, folder=folder, uidvalidity=uidvalidity, uid__in=uids
+                ).values_list("uid", flat=True)
+            )
+        else:
+            keys = [i.key for i in items if i.key]
+            known_keys = set(Source.objects.filter(key__in=keys).values_list("key", flat=True))
+
+        existing: dict[tuple[str, str], int] = {}
+        for pk, mh, ch in Message.objects.filter(
+            team_id=team_id, message_id_hash__in={m for m, _ in idents}
+        ).values_list("id", "message_id_hash", "content_hash"):
+            existing[(mh, ch)] = pk
+
+        to_create: dict[tuple[str, str], tuple[Message, bytes]] = {}
+        for item, summary, ident in zip(items, summaries, idents, strict=True):
+            if ident in existing or ident in to_create:
+                continue
+            first = summary.from_[0] if summary.from_ else None
+            msg = Message(
+                team_id=team_id,
+                message_id=summary.message_id,
+                message_id_hash=ident[0],
+                message_id_synthesised=summary.message_id_synthesised,
+                content_hash=ident[1],
+                size=len(item.raw),
+                subject=summary.subject[:5000],
+                from_address=first.address[:320] if first else "",
+                from_name=first.name[:300] if first else "",
+                date=summary.date or item.internal_date or now,
+                received_at=now,
+                in_reply_to=list(summary.in_reply_to),
+                references=list(summary.references),
+                direction=direction or _direction(summary, mailbox, folder),
+            )
+            to_create[ident] = (msg, item.raw)
+
+        if to_create:
+            Message.objects.bulk_create([m for m, _ in to_create.values()], ignore_conflicts=True)
+            created_ids = {
+                (mh, ch): pk
+                for pk, mh, ch in Message.objects.filter(
+                    team_id=team_id, message_id_hash__in={k[0] for k in to_create}
+                ).values_list("id", "message_id_hash", "content_hash")
+                if (mh, ch) in to_create
+            }
+            MessageRaw.objects.bulk_create(
+                [MessageRaw(message_id=created_ids[k], data=raw) for k, (_, raw) in to_create.items()],
+                ignore_conflicts=True,
+            )
+            existing.update(created_ids)
+            result.new_messages = len(created_ids)
+
+        sources: list[Source] = []
+        for item, ident in zip(items, idents, strict=True):
+            pk = existing[ident]
+            result.message_pks.append(pk)
+            marker = item.uid if kind == Source.Kind.IMAP else item.key
+            if marker in known_keys:
+                result.known_sources += 1
+                continue
+            known_keys.add(marker)
+            sources.append(
+                Source(
+                    message_id=pk,
+                    mailbox=mailbox,
+                    kind=kind,
+                    folder=folder,
+                    uidvalidity=uidvalidity,
+                    uid=item.uid,
+                    key=item.key,
+                    internal_date=item.internal_date,
+                )
+            )
+        Source.objects.bulk_create(sources, ignore_conflicts=True)
+        result.new_sources = len(sources)
+        if result.new_messages:
+            from mailroom.conversations.pipeline import wake_pipeline
+
+            transaction.on_commit(wake_pipeline)
+    return result
+
+
+def store_one(*, team_id: int, raw: bytes, kind: str, key: str, mailbox: Mailbox | None = None,
+              direction: str | None = None) -> tuple[int, bool]:
+    """Store one message from a non-IMAP source. Returns (message pk, whether the source is new)."""
+    res = store_batch(
+        team_id=team_id, items=[IncomingRaw(raw=raw, key=key)], kind=kind, mailbox=mailbox, direction=direction
+    )
+    return res.message_pks[0], res.new_sources == 1

@@ -1,0 +1,29 @@
+"""Provider presets: server names, ports and quirks of the big providers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    imap_host: str
+    imap_port: int
+    imap_security: str
+    smtp_host: str
+    smtp_port: int
+    smtp_security: str
+    provider_saves_sent: bool  # the provider files submitted mail into Sent itself
+    note: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "gmail": Preset("imap.gmail.com", 993, "ssl", "smtp.gmail.com", 465, "ssl", True,
+                    "Use an app password (2-step verification on) or OAuth2."),
+    "microsoft": Preset("outlook.office365.com", 993, "ssl", "smtp.office365.com", 587, "starttls", True,
+                        "Microsoft 365 needs OAuth2 (basic auth is disabled for IMAP)."),
+    "yandex": Preset("imap.yandex.ru", 993, "ssl", "smtp.yandex.ru", 465, "ssl", False,
+                     "Enable IMAP and create an app password in Yandex ID settings."),
+    "mailru": Preset("imap.mail.ru", 993, "ssl", "smtp.mail.ru", 465, "ssl", False,
+                     "Create a password for external applications in Mail.ru settings."),
+}
