@@ -78,7 +78,8 @@ def _register_routers() -> None:
             if exc.name != f"mailroom.api.{name}":
                 raise
             continue
-        for prefix, router in getattr(module, "ROUTERS", [("/" + name, module.router)]):
+        routers = getattr(module, "ROUTERS", None) or [("/" + name, module.router)]
+        for prefix, router in routers:
             api.add_router(prefix, router)
 
 

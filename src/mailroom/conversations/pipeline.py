@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 BATCH = 200
+PARSE_BATCH_BYTES = 24 * 1024 * 1024
 
 _wake_callbacks: list[Callable[[], None]] = []
 _wake_lock = threading.Lock()
@@ -62,18 +63,41 @@ def _fail(pk: int, exc: BaseException) -> None:
 
 
 def parse_pending(limit: int = BATCH) -> int:
-    """Parse up to ``limit`` stored messages. Returns how many were handled."""
-    from mailroom.conversations.services import message_parse_store
+    """Parse up to ``limit`` stored messages, storing the results in one transaction.
+    Returns how many were handled (parsed or failed)."""
+    from mailroom.conversations.models import MessageRaw
+    from mailroom.conversations.services import messages_store_parsed, parse_raw
 
-    pks = list(
-        Message.objects.filter(state=Message.State.STORED).order_by("id").values_list("id", flat=True)[:limit]
+    messages = list(
+        Message.objects.filter(state=Message.State.STORED).order_by("id").defer(
+            "text", "html", "reply_text"
+        )[:limit]
     )
-    for pk in pks:
+    if not messages:
+        return 0
+    # Bound memory by bytes too: a batch of large messages is cut short.
+    total, keep = 0, 0
+    for keep, message in enumerate(messages, 1):  # noqa: B007
+        total += message.size
+        if total > PARSE_BATCH_BYTES:
+            break
+    messages = messages[:keep]
+    raws = dict(MessageRaw.objects.filter(message_id__in=[m.pk for m in messages]).values_list("message_id", "data"))
+    done = []
+    for message in messages:
         try:
-            message_parse_store(message_pk=pk)
+            done.append((message, parse_raw(message, bytes(raws[message.pk]))))
         except Exception as exc:
-            _fail(pk, exc)
-    return len(pks)
+            _fail(message.pk, exc)
+    try:
+        messages_store_parsed(items=done)
+    except Exception:
+        for message, parsed in done:  # find the one that breaks the batch
+            try:
+                messages_store_parsed(items=[(message, parsed)])
+            except Exception as exc:
+                _fail(message.pk, exc)
+    return len(messages)
 
 
 def link_pending(limit: int = BATCH) -> int:
