@@ -46,7 +46,7 @@ class MailboxIn(Schema):
     token_url: str | None = None
     client_id: str | None = None
     client_secret: str | None = None
-    sync_roles: list[Role] = Field(default_factory=lambda: ["inbox", "sent"])
+    sync_roles: list[Role] = Field(default_factory=lambda: list[Role](["inbox", "sent"]))
     sync_enabled: bool = True
     newest_first: bool = True
     tls_verify: bool = True

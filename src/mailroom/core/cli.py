@@ -81,7 +81,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def run_server(host: str, port: int, *, sync: bool, threads: int, banner: dict[str, str], extra: list[str] | None = None) -> int:
-    from waitress.server import create_server
+    from waitress.server import create_server  # type: ignore[import-untyped]
 
     from mailroom.config.wsgi import application
 
@@ -93,14 +93,11 @@ def run_server(host: str, port: int, *, sync: bool, threads: int, banner: dict[s
 
         engine = SyncEngine()
         engine.start()
-        try:
-            from mailroom.outbound.tasks import run_outbox_worker
-        except ImportError:
-            run_outbox_worker = None
-        if run_outbox_worker is not None:
-            t = threading.Thread(target=run_outbox_worker, args=(stop,), name="outbox", daemon=True)
-            t.start()
-            background.append(t)
+        from mailroom.outbound.tasks import run_outbox_worker
+
+        t = threading.Thread(target=run_outbox_worker, args=(stop,), name="outbox", daemon=True)
+        t.start()
+        background.append(t)
     server = create_server(application, host=host, port=port, threads=threads)
     url = f"http://{host}:{port}/"
     print(f"Mailroom is running at {url}  (API: {url}api/v1/docs)", flush=True)

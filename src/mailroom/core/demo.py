@@ -44,8 +44,8 @@ def sample_correspondence(now: datetime | None = None) -> Iterator[tuple[str, by
                 subj = topic if turn == 0 else "Re: " + topic
                 if lang == "ru":
                     body = (
-                        f"Здравствуйте!\n\nПо теме «{topic}»: прошу прислать подробности до пятницы.\n\nС уважением,\n{name}"
-                        if incoming else "Добрый день!\n\nВсё получили, ответим сегодня.\n\n--\nМенеджер, ООО «Компания»"
+                        f"Здравствуйте!\n\nПо теме '{topic}': прошу прислать подробности до пятницы.\n\nС уважением,\n{name}"
+                        if incoming else "Добрый день!\n\nВсё получили, ответим сегодня.\n\n--\nМенеджер, ООО 'Компания'"
                     )
                 else:
                     body = (

@@ -7,6 +7,7 @@ import getpass
 import json
 import os
 import sys
+from typing import Any
 
 from mailroom.cli import setup_django
 
@@ -102,7 +103,7 @@ def _list(args: argparse.Namespace) -> int:
     setup_django()
     from mailroom.mailboxes.models import Mailbox
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for mb in Mailbox.objects.prefetch_related("folders").order_by("id"):
         folders = [
             {"name": f.name, "role": f.role, "stored": f.stored_count, "server": f.server_count, "backfill_done": f.backfill_done}

@@ -151,7 +151,8 @@ def _smtp_check(cs: ConnectionSettings) -> list[str]:
             raise ImapError(
                 "auth",
                 f"SMTP login to {cs.host}:{cs.port} as {cs.username!r} was refused: {exc.smtp_code} "
-                f"{exc.smtp_error.decode(errors='replace')}. Check the password (app password for Gmail/Yandex/Mail.ru).",
+                f"{exc.smtp_error.decode(errors='replace') if isinstance(exc.smtp_error, bytes) else exc.smtp_error}. "
+                "Check the password (app password for Gmail/Yandex/Mail.ru).",
             ) from exc
         except smtplib.SMTPNotSupportedError as exc:
             raise ImapError("auth", f"SMTP server {cs.host}:{cs.port} offers no AUTH here (try STARTTLS).") from exc

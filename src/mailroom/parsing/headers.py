@@ -1,8 +1,9 @@
 """Fast header summary for the import path.
 
 The sync stores raw bytes and needs only a handful of headers to dedupe and thread. Parsing just
-the header block (``BytesHeaderParser``) is many times cheaper than a full MIME parse; the body is
-left to the parsing workers.
+the header block (with the same byte-level reader as the full parser, ``rawheaders``) is many times
+cheaper than a full MIME parse; the body is left to the parsing workers. The full parser
+(``mime.parse_message``) uses the same Message-ID synthesis and content hash, so both agree.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime
-from email import policy
-from email.parser import BytesHeaderParser
-from email.utils import getaddresses, parsedate_to_datetime
+from datetime import UTC, datetime
+from email.utils import getaddresses, parsedate_tz
+
+from mailroom.parsing.rawheaders import parse_header_block
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MSGID = re.compile(r"<([^<>\s]+)>")
-_parser = BytesHeaderParser(policy=policy.compat32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +64,65 @@ def _decode(value: object) -> str:
     return decode_header_value(value)
 
 
-def _addresses(values: list[str] | None) -> tuple[Address, ...]:
+def normalize_address(addr: str) -> str:
+    """Lower-cased addr-spec without quotes, brackets, ``mailto:`` or trailing dots; "" if not one."""
+    addr = addr.strip().strip("<>\"' ").lower()
+    if addr.startswith("mailto:"):
+        addr = addr[7:]
+    addr = addr.rstrip(".")
+    if "@" not in addr or " " in addr:
+        return ""
+    local, _, domain = addr.rpartition("@")
+    if not local or not domain:
+        return ""
+    return addr
+
+
+def parse_addresses(values: list[str] | None) -> tuple[Address, ...]:
+    """Addresses of one or more header values, display names decoded (RFC 2047 or raw 8-bit)."""
     if not values:
         return ()
     out: list[Address] = []
+    seen: set[str] = set()
     for name, addr in getaddresses([str(v) for v in values]):
-        addr = addr.strip().lower()
-        if not addr or "@" not in addr:
+        addr = normalize_address(_decode(addr) if not addr.isascii() else addr)
+        if not addr or addr in seen:
             continue
-        out.append(Address(address=addr, name=_decode(name) if name else ""))
+        seen.add(addr)
+        dname = _decode(name) if name else ""
+        if dname.lower() == addr:
+            dname = ""
+        out.append(Address(address=addr, name=dname))
     return tuple(out)
+
+
+_addresses = parse_addresses
+
+
+def synthesise_message_id(raw: bytes) -> str:
+    """Deterministic Message-ID for a message that has none (without angle brackets)."""
+    digest = hashlib.sha256(raw).hexdigest()[:32]
+    return f"mr-synth-{digest}@mailroom.invalid"
+
+
+def parse_date(value: str) -> datetime | None:
+    """RFC 5322 date -> timezone-aware datetime (naive/-0000 taken as UTC); None if unparseable."""
+    if not value:
+        return None
+    try:
+        tup = parsedate_tz(value)
+        if tup is None:
+            return None
+        offset = tup[9]
+        from datetime import timedelta, timezone
+
+        tz = UTC if offset is None else timezone(timedelta(seconds=offset))
+        year = tup[0]
+        if year < 100:
+            year += 2000 if year < 50 else 1900
+        return datetime(year, tup[1], tup[2], tup[3], tup[4], min(tup[5], 59), tzinfo=tz)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def content_hash_of(message_id: str, date: str, from_: str, subject: str, body: bytes) -> str:
@@ -87,39 +136,30 @@ def content_hash_of(message_id: str, date: str, from_: str, subject: str, body: 
 
 def summarize_headers(raw: bytes) -> HeaderSummary:
     """Read what the sync needs from a message. Never raises on malformed input."""
-    head, body = split_header_block(raw)
-    msg = _parser.parsebytes(head)
-    raw_id = msg.get("Message-ID") or msg.get("Message-Id") or ""
-    ids = msgid_list(str(raw_id))
-    date_hdr = str(msg.get("Date", "") or "")
-    from_hdr = str(msg.get("From", "") or "")
-    subj_hdr = str(msg.get("Subject", "") or "")
+    block, body_at = parse_header_block(raw)
+    body = raw[body_at:]
+    ids = msgid_list(block.get("message-id"))
+    date_hdr = block.get_raw("date") or ""
+    from_hdr = block.get_raw("from") or ""
+    subj_hdr = block.get_raw("subject") or ""
     synthesised = not ids
-    if ids:
-        message_id = ids[0]
-    else:
-        digest = hashlib.sha256(raw).hexdigest()[:32]
-        message_id = f"mr-synth-{digest}@mailroom.invalid"
-    try:
-        date = parsedate_to_datetime(date_hdr) if date_hdr else None
-        if date is not None and date.tzinfo is None:
-            from datetime import UTC
-
-            date = date.replace(tzinfo=UTC)
-    except (TypeError, ValueError, IndexError):
-        date = None
-    refs = msgid_list(str(msg.get("References", "") or ""))
-    irt = msgid_list(str(msg.get("In-Reply-To", "") or ""))
+    message_id = ids[0] if ids else synthesise_message_id(raw)
     return HeaderSummary(
         message_id=message_id,
         message_id_synthesised=synthesised,
-        in_reply_to=irt,
-        references=refs,
-        subject=_decode(subj_hdr),
-        from_=_addresses(msg.get_all("From")),
-        to=_addresses(msg.get_all("To")),
-        cc=_addresses(msg.get_all("Cc")),
-        date=date,
+        in_reply_to=msgid_list(block.get("in-reply-to")),
+        references=msgid_list(block.get("references")),
+        subject=_decode(block.get("subject")),
+        from_=parse_addresses(block.get_all("from")),
+        to=parse_addresses(block.get_all("to")),
+        cc=parse_addresses(block.get_all("cc")),
+        date=parse_date(unfold_value(date_hdr)),
         content_hash=content_hash_of(message_id, date_hdr, from_hdr, subj_hdr, body),
-        header_bytes=len(head),
+        header_bytes=body_at,
     )
+
+
+def unfold_value(value: str) -> str:
+    from mailroom.parsing.rawheaders import unfold
+
+    return unfold(value)

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import base64
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from mailroom.parsing.authn import aligned, organizational_domain
+from mailroom.parsing.mime import parse_message
+
+from .helpers import message
+
+
+@pytest.fixture(scope="module")
+def key() -> tuple[bytes, bytes]:
+    k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    priv = k.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    pub = k.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return priv, b"v=DKIM1; k=rsa; p=" + base64.b64encode(pub)
+
+
+def _signed(priv: bytes, d: str, from_addr: str, body: str = "Hello\r\n") -> bytes:
+    raw = message(
+        f"From: Sender <{from_addr}>\nTo: crm@example.org\nSubject: test\nMessage-ID: <m@{d}>\nDate: Tue, 4 Jun 2024 12:00:00 +0000",
+        body,
+    )
+    sig = dkim.sign(
+        raw, b"sel", d.encode(), priv, include_headers=[b"from", b"to", b"subject", b"message-id", b"date"]
+    )
+    return sig + raw
+
+
+def _dns(record: bytes, calls: list[bytes]):
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        calls.append(name)
+        return record if name.startswith(b"sel._domainkey.") else None
+
+    return dnsfunc
+
+
+def test_dkim_pass_and_relaxed_alignment(key: tuple[bytes, bytes]) -> None:
+    priv, record = key
+    calls: list[bytes] = []
+    p = parse_message(
+        _signed(priv, "example.co.uk", "a@mail.example.co.uk"), verify_dkim=True, dnsfunc=_dns(record, calls)
+    )
+    assert calls == [b"sel._domainkey.example.co.uk."]
+    assert (p.auth.dkim, p.auth.dkim_domains, p.auth.dmarc, p.auth.source) == (
+        "pass",
+        ("example.co.uk",),
+        "pass",
+        "dkim",
+    )
+
+
+def test_dkim_pass_but_not_aligned(key: tuple[bytes, bytes]) -> None:
+    priv, record = key
+    p = parse_message(
+        _signed(priv, "esp.example.net", "a@shop.msk.ru"), verify_dkim=True, dnsfunc=_dns(record, [])
+    )
+    assert (p.auth.dkim, p.auth.dmarc) == ("pass", "fail")
+
+
+def test_tampered_body_fails(key: tuple[bytes, bytes]) -> None:
+    priv, record = key
+    raw = _signed(priv, "example.com", "a@example.com").replace(b"Hello", b"Hellx")
+    p = parse_message(raw, verify_dkim=True, dnsfunc=_dns(record, []))
+    assert (p.auth.dkim, p.auth.dkim_domains, p.auth.dmarc) == ("fail", (), "fail")
+
+
+def test_every_signature_is_tried(key: tuple[bytes, bytes]) -> None:
+    priv, record = key
+    good = _signed(priv, "example.com", "a@example.com")
+    bad = dkim.sign(good, b"other", b"broken.example", priv, include_headers=[b"from"])
+    p = parse_message(bad + good, verify_dkim=True, dnsfunc=_dns(record, []))
+    assert (p.auth.dkim, p.auth.dkim_domains, p.auth.dmarc) == ("pass", ("example.com",), "pass")
+
+
+def test_no_dns_no_network(key: tuple[bytes, bytes]) -> None:
+    priv, _ = key
+    p = parse_message(_signed(priv, "example.com", "a@example.com"), verify_dkim=True)
+    assert p.auth.dkim == "fail"
+    assert parse_message(_signed(priv, "example.com", "a@example.com")).auth.source == "none"
+
+
+AR = (
+    "Authentication-Results: mx.crm.example.org; dkim=pass header.d=example.com header.s=s1;\n"
+    " spf=pass smtp.mailfrom=a@example.com; dmarc=pass header.from=example.com\n"
+    "Authentication-Results: evil.example; dkim=fail; dmarc=fail\n"
+)
+
+
+def test_trusted_authentication_results_only() -> None:
+    raw = message(AR + "From: a@example.com\nSubject: s", "x")
+    p = parse_message(raw, trusted_authserv_ids=("mx.crm.example.org",))
+    assert (p.auth.dkim, p.auth.dkim_domains, p.auth.dmarc, p.auth.spf, p.auth.source) == (
+        "pass",
+        ("example.com",),
+        "pass",
+        "pass",
+        "authres",
+    )
+    p = parse_message(raw, trusted_authserv_ids=("evil.example",))
+    assert (p.auth.dkim, p.auth.dmarc, p.auth.source) == ("fail", "fail", "authres")
+    p = parse_message(raw)
+    assert (p.auth.dkim, p.auth.dmarc, p.auth.source) == ("none", "none", "none")
+    p = parse_message(raw, trusted_authserv_ids=("other.example",))
+    assert p.auth.source == "none"
+
+
+def test_organizational_domain() -> None:
+    assert organizational_domain("mail.example.co.uk") == "example.co.uk"
+    assert organizational_domain("a.b.shop.msk.ru") == "shop.msk.ru"
+    assert organizational_domain("news.example.com") == "example.com"
+    assert organizational_domain("example.com") == "example.com"
+    assert aligned("bounce.example.com", "example.com")
+    assert not aligned("example.co.uk", "other.co.uk")
