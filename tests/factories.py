@@ -142,3 +142,31 @@ class MessageFactory(factory.django.DjangoModelFactory):
     from_address = "person@client.test"
     date = factory.LazyFunction(timezone.now)
     received_at = factory.LazyFunction(timezone.now)
+
+
+# --- issue 4: linking, CRM (appended) ---------------------------------------------------------------------
+class ParticipantFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "conversations.Participant"
+
+    message = factory.SubFactory(MessageFactory)
+    role = "from"
+    address = factory.LazyAttribute(lambda o: o.message.from_address)
+
+
+class IgnoreEntryFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "crm.IgnoreEntry"
+
+    team = factory.SubFactory(TeamFactory)
+    kind = "domain"
+    value = factory.Sequence(lambda n: f"ignored{n}.test")
+
+
+class ThreadAliasFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "conversations.ThreadAlias"
+
+    survivor = factory.SubFactory(ThreadFactory)
+    team = factory.LazyAttribute(lambda o: o.survivor.team)
+    absorbed_id = factory.Sequence(lambda n: 10_000_000 + n)

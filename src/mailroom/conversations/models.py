@@ -124,6 +124,9 @@ class MessageRaw(models.Model):
     message = models.OneToOneField(Message, primary_key=True, on_delete=models.CASCADE, related_name="raw")
     data = models.BinaryField()
 
+    def __str__(self) -> str:
+        return f"raw of message {self.message_id}"
+
 
 class Source(models.Model):
     """Where we saw a message: an IMAP folder uid, the relay endpoint, or our own outbox."""
@@ -155,6 +158,9 @@ class Source(models.Model):
             )
         ]
 
+    def __str__(self) -> str:
+        return f"{self.kind} source of message {self.message_id}"
+
 
 class Participant(models.Model):
     class Role(models.TextChoices):
@@ -176,6 +182,9 @@ class Participant(models.Model):
     class Meta:
         indexes = [models.Index(fields=["contact", "message"], name="participant_contact_message")]
 
+    def __str__(self) -> str:
+        return f"{self.role}: {self.address}"
+
 
 class Attachment(models.Model):
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments")
@@ -185,6 +194,9 @@ class Attachment(models.Model):
     content_id = models.CharField(max_length=500, blank=True)
     inline = models.BooleanField(default=False)
     part_path = models.CharField(max_length=200)  # where in the MIME tree, to re-extract from the raw bytes
+
+    def __str__(self) -> str:
+        return self.filename or f"attachment {self.pk}"
 
 
 # --- threading and linking (issue 4) -------------------------------------------------------------------
@@ -200,6 +212,9 @@ class MessageKey(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["message", "key"], name="uniq_message_key")]
         indexes = [models.Index(fields=["team", "key"], name="message_key_lookup")]
+
+    def __str__(self) -> str:
+        return f"{self.message_id}: {self.key}"
 
 
 class ThreadAlias(models.Model):
@@ -234,6 +249,9 @@ class MessagePlacement(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
+    def __str__(self) -> str:
+        return f"message {self.message_id} -> thread {self.thread_id} ({self.reason})"
+
 
 class MessageContact(models.Model):
     """One row per (contact, message): the contact (and company) timelines, each message once,
@@ -253,3 +271,6 @@ class MessageContact(models.Model):
             models.Index(fields=["contact", "-date", "-message"], name="message_contact_timeline"),
             models.Index(fields=["company", "-date", "-message"], name="message_company_timeline"),
         ]
+
+    def __str__(self) -> str:
+        return f"contact {self.contact_id} <- message {self.message_id}"

@@ -23,7 +23,7 @@ def update_rows(model: Any, objs: list[Any], fields: list[str]) -> None:
         return
     meta = model._meta
     cols = [meta.get_field(f) for f in fields]
-    sql = "UPDATE {} SET {} WHERE {} = %s".format(
+    sql = "UPDATE {} SET {} WHERE {} = %s".format(  # noqa: S608 - identifiers from model meta, quoted
         connection.ops.quote_name(meta.db_table),
         ", ".join(f"{connection.ops.quote_name(c.column)} = %s" for c in cols),
         connection.ops.quote_name(meta.pk.column),

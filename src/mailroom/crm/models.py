@@ -11,6 +11,7 @@ class Company(models.Model):
 
     class Meta:
         verbose_name_plural = "companies"
+        indexes = [models.Index(fields=["team", "name"], name="company_team_name")]
 
     def __str__(self) -> str:
         return self.name
@@ -22,19 +23,33 @@ class CompanyDomain(models.Model):
     domain = models.CharField(max_length=255)  # lower-case
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["team", "domain"], name="uniq_company_domain_per_team")]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "domain"], name="uniq_company_domain_per_team")
+        ]
+
+    def __str__(self) -> str:
+        return self.domain
 
 
 class Contact(models.Model):
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="contacts")
     name = models.CharField(max_length=300, blank=True)
     phone = models.CharField(max_length=50, blank=True)
-    company = models.ForeignKey(Company, null=True, blank=True, on_delete=models.SET_NULL, related_name="contacts")
+    company = models.ForeignKey(
+        Company, null=True, blank=True, on_delete=models.SET_NULL, related_name="contacts"
+    )
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="owned_contacts"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="owned_contacts",
     )
     created_automatically = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["team", "name"], name="contact_team_name")]
 
     def __str__(self) -> str:
         return self.name or f"contact {self.pk}"
@@ -47,7 +62,13 @@ class ContactEmail(models.Model):
     canonical = models.CharField(max_length=320, db_index=True)  # provider-normalised (gmail dots, +tags)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["team", "address"], name="uniq_contact_email_per_team")]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "address"], name="uniq_contact_email_per_team")
+        ]
+        indexes = [models.Index(fields=["team", "canonical"], name="contact_email_canonical")]
+
+    def __str__(self) -> str:
+        return self.address
 
 
 class Deal(models.Model):
@@ -58,8 +79,12 @@ class Deal(models.Model):
 
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="deals")
     title = models.CharField(max_length=300)
-    contact = models.ForeignKey(Contact, null=True, blank=True, on_delete=models.SET_NULL, related_name="deals")
-    company = models.ForeignKey(Company, null=True, blank=True, on_delete=models.SET_NULL, related_name="deals")
+    contact = models.ForeignKey(
+        Contact, null=True, blank=True, on_delete=models.SET_NULL, related_name="deals"
+    )
+    company = models.ForeignKey(
+        Company, null=True, blank=True, on_delete=models.SET_NULL, related_name="deals"
+    )
     amount = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
     stage = models.CharField(max_length=100, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
@@ -70,3 +95,24 @@ class Deal(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class IgnoreEntry(models.Model):
+    """Addresses and domains never turned into contacts (a domain covers its subdomains)."""
+
+    class Kind(models.TextChoices):
+        ADDRESS = "address", "Address"
+        DOMAIN = "domain", "Domain"
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="ignore_entries")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    value = models.CharField(max_length=320)  # lower-case; addresses canonical
+    note = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "ignore entries"
+        constraints = [models.UniqueConstraint(fields=["team", "kind", "value"], name="uniq_ignore_entry")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.value}"

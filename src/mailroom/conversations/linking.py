@@ -1,0 +1,821 @@
+"""Linking: apply the routing rules to parsed messages, in batches, in one transaction per team batch.
+
+``messages_link(message_pks=...)`` loads the messages and every candidate thread with a fixed number of
+queries per batch, asks the pure resolver (``mailroom.routing``) for each message in date order, and
+writes threads, messages, participants' contacts, new contacts/companies and deal links in bulk. It
+is idempotent: a second run finds the same evidence and changes nothing (a message whose outcome is
+unchanged keeps its recorded reasons). It also serves replays (``mailroom relink``): messages already
+LINKED are re-routed the same way, honouring the users' placements (split, merge, accepted claims).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
+from django.db.models import Count, JSONField, Max, Min
+
+from mailroom.conversations.models import (
+    Message,
+    MessageContact,
+    MessageKey,
+    MessagePlacement,
+    Participant,
+    Source,
+    Thread,
+    ThreadAlias,
+)
+from mailroom.core.tokens import parse_own_message_id
+from mailroom.crm.models import Company, CompanyDomain, Contact, ContactEmail, Deal, IgnoreEntry
+from mailroom.mailboxes.models import Mailbox
+from mailroom.routing.addresses import canonical_address
+from mailroom.routing.linkrules import (
+    ContactContext,
+    DealInput,
+    ParticipantIn,
+    choose_deal,
+    company_domain,
+    company_name_for,
+    plan_contacts,
+    strongest_policy,
+)
+from mailroom.routing.resolver import FLAG_UNVERIFIED, RoutingDecision, resolve
+from mailroom.routing.rules import (
+    DEFAULT_SUBJECT_WINDOW,
+    OUTGOING,
+    AuthVerdict,
+    Candidates,
+    RoutingInput,
+    RuleHit,
+    ThreadInfo,
+)
+from mailroom.routing.subjects import normalize_subject
+from mailroom.routing.threadindex import conversation_id
+
+log = logging.getLogger(__name__)
+
+LINKABLE = (Message.State.PARSED, Message.State.LINKED)
+_ADDRESS_ROLES = ("from", "to", "cc")
+_MSG_FIELDS = (
+    "id",
+    "team_id",
+    "message_id",
+    "message_id_hash",
+    "in_reply_to",
+    "references",
+    "subject",
+    "from_address",
+    "date",
+    "received_at",
+    "auth",
+    "routing_headers",
+    "is_auto_reply",
+    "is_bulk",
+    "direction",
+    "thread_id",
+    "state",
+    "routing",
+)
+
+
+def _h(message_id: str) -> str:
+    return hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def messages_link(*, message_pks: list[int]) -> None:
+    """Thread and link these messages (PARSED, or LINKED for a replay). Idempotent."""
+    rows = list(Message.objects.filter(pk__in=message_pks, state__in=LINKABLE).values(*_MSG_FIELDS))
+    by_team: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_team[r["team_id"]].append(r)
+    for team_id, msgs in by_team.items():
+        msgs.sort(key=lambda r: (r["date"] or r["received_at"], r["id"]))
+        with transaction.atomic():
+            _TeamBatch(team_id, msgs).run()
+
+
+@dataclass
+class _ThreadState:
+    id: int  # negative: created in this batch
+    subject: str = ""
+    normalized_subject: str = ""
+    participants: set[str] = field(default_factory=set)
+    first: datetime | None = None
+    last: datetime | None = None
+    deal_id: int | None = None
+    deal_source: str = ""
+    deal_candidates: list[int] = field(default_factory=list)
+    verification: str = ""
+    claimed: int | None = None
+    dirty: bool = False
+
+    def info(self) -> ThreadInfo:
+        return ThreadInfo(self.id, frozenset(self.participants), self.last, self.normalized_subject)
+
+
+@dataclass
+class _Msg:
+    row: dict[str, Any]
+    inp: RoutingInput
+    keys: list[str]
+    participants: list[tuple[int, str, str, str, int | None]]  # (pk, role, address, name, contact)
+    thread: int | None = None
+    routing: dict[str, Any] = field(default_factory=dict)
+    direction: str = ""
+    contacts: dict[int, str] = field(default_factory=dict)  # participant pk -> canonical to link
+
+
+class _TeamBatch:
+    def __init__(self, team_id: int, rows: list[dict[str, Any]]) -> None:
+        self.team_id = team_id
+        self.rows = rows
+        self.next_temp = -1
+        self.threads: dict[int, _ThreadState] = {}
+        self.alias: dict[int, int] = {}  # absorbed -> survivor (persistent and in-batch)
+        self.merges: list[tuple[int, int]] = []  # (absorbed, survivor) decided in this batch
+        self.hash_threads: dict[str, list[tuple[int, int]]] = defaultdict(list)  # mid hash -> (pk, thread)
+        self.key_threads: dict[str, list[tuple[int, int]]] = defaultdict(list)  # key -> (pk, thread)
+        self.subject_threads: dict[str, list[int]] = defaultdict(list)
+        self.touched: set[int] = set()
+        self._unverified_cache: set[int] | None = None
+
+    # --- helpers ---------------------------------------------------------------------------------------
+    def find(self, t: int) -> int:
+        seen = 0
+        while t in self.alias and seen < 100:
+            t = self.alias[t]
+            seen += 1
+        return t
+
+    def _new_thread(self, subject: str, norm: str) -> _ThreadState:
+        t = _ThreadState(id=self.next_temp, subject=subject[:1000], normalized_subject=norm, dirty=True)
+        self.next_temp -= 1
+        self.threads[t.id] = t
+        return t
+
+    # --- load ------------------------------------------------------------------------------------------
+    def _load(self) -> list[_Msg]:
+        team_id = self.team_id
+        pks = [r["id"] for r in self.rows]
+        parts: dict[int, list[tuple[int, str, str, str, int | None]]] = defaultdict(list)
+        for pid, mid, role, addr, name, contact in Participant.objects.filter(message_id__in=pks).values_list(
+            "id", "message_id", "role", "address", "name", "contact_id"
+        ):
+            parts[mid].append((pid, role, addr, name, contact))
+
+        msgs: list[_Msg] = []
+        for r in self.rows:
+            p = parts.get(r["id"], [])
+            rh = r["routing_headers"] or {}
+            to = tuple(a for _, role, a, _, _ in p if role == "to")
+            cc = tuple(a for _, role, a, _, _ in p if role == "cc")
+            inp = RoutingInput(
+                message_id=r["message_id"],
+                in_reply_to=tuple(r["in_reply_to"] or ()),
+                references=tuple(r["references"] or ()),
+                subject=r["subject"] or "",
+                from_address=r["from_address"] or "",
+                to=to,
+                cc=cc,
+                date=r["date"] or r["received_at"],
+                auth=AuthVerdict.from_json(r["auth"]),
+                thread_index=str(rh.get("thread_index") or ""),
+                gm_thrid=str(rh.get("gm_thread_id") or ""),
+                is_auto_reply=bool(r["is_auto_reply"]),
+                is_bulk=bool(r["is_bulk"]),
+                direction=r["direction"],
+            )
+            keys = [f"r:{_h(mid)}" for mid in inp.referenced_ids]
+            conv = conversation_id(inp.thread_index)
+            if conv:
+                keys.append(f"ti:{conv}")
+            if inp.gm_thrid:
+                keys.append(f"gm:{inp.gm_thrid[:70]}")
+            msgs.append(_Msg(row=r, inp=inp, keys=keys, participants=p))
+
+        # The team's own addresses: its mailboxes and its users.
+        mailbox_emails = list(Mailbox.objects.filter(team_id=team_id).values_list("email", flat=True))
+        user_emails = list(
+            get_user_model()
+            .objects.filter(memberships__team_id=team_id)
+            .exclude(email="")
+            .values_list("email", flat=True)
+        )
+        self.own = frozenset(canonical_address(a) for a in [*mailbox_emails, *user_emails] if a)
+        ignore = list(IgnoreEntry.objects.filter(team_id=team_id).values_list("kind", "value"))
+        self.ignore_addresses = frozenset(
+            canonical_address(v) for k, v in ignore if k == IgnoreEntry.Kind.ADDRESS
+        )
+        self.ignore_domains = frozenset(v.lower() for k, v in ignore if k == IgnoreEntry.Kind.DOMAIN)
+        self.policies: dict[int, list[str]] = defaultdict(list)
+        for mid, policy in Source.objects.filter(message_id__in=pks, mailbox__isnull=False).values_list(
+            "message_id", "mailbox__contact_policy"
+        ):
+            self.policies[mid].append(policy)
+        self.placements: dict[int, int] = {}
+        self.split_out: set[int] = set()
+        for mid, t, reason in MessagePlacement.objects.filter(message_id__in=pks).values_list(
+            "message_id", "thread_id", "reason"
+        ):
+            self.placements[mid] = t
+            if reason == MessagePlacement.Reason.SPLIT:
+                self.split_out.add(mid)
+
+        # Evidence: stored messages with the ids we mention, keys we carry, our own tokens.
+        all_ids = {m.inp.message_id for m in msgs} | {mid for m in msgs for mid in m.inp.referenced_ids}
+        hashes = {_h(mid) for mid in all_ids}
+        for h, pk, t in Message.objects.filter(
+            team_id=team_id, message_id_hash__in=hashes, thread__isnull=False
+        ).values_list("message_id_hash", "id", "thread_id"):
+            self.hash_threads[h].append((pk, t))
+        all_keys = {k for m in msgs for k in m.keys} | {f"r:{_h(m.inp.message_id)}" for m in msgs}
+        # A message a user split out of its thread does not pull its references after it.
+        for k, pk, t in (
+            MessageKey.objects.filter(team_id=team_id, key__in=all_keys, message__thread__isnull=False)
+            .exclude(message__placement__reason=MessagePlacement.Reason.SPLIT)
+            .values_list("key", "message_id", "message__thread_id")
+        ):
+            self.key_threads[k].append((pk, t))
+        self.own_tokens: dict[str, int] = {}
+        for ref in all_ids:
+            own = parse_own_message_id(ref) if ref.startswith(("mr.", "MR.")) else None
+            if own is not None and own.thread_id is not None:
+                self.own_tokens[ref] = own.thread_id
+        token_threads = set(self.own_tokens.values())
+        for absorbed, survivor in ThreadAlias.objects.filter(
+            absorbed_id__in=token_threads | set(self.placements.values())
+        ).values_list("absorbed_id", "survivor_id"):
+            self.alias[absorbed] = survivor
+
+        norms = {normalize_subject(m.inp.subject) for m in msgs} - {""}
+        dates = [m.inp.date for m in msgs if m.inp.date]
+        subj_ids: list[tuple[int, str]] = []
+        if norms and dates:
+            subj_ids = list(
+                Thread.objects.filter(
+                    team_id=team_id,
+                    normalized_subject__in=norms,
+                    last_message_at__gte=min(dates) - DEFAULT_SUBJECT_WINDOW,
+                )
+                .order_by("-last_message_at")
+                .values_list("id", "normalized_subject")[:2000]
+            )
+        for t, norm in subj_ids:
+            self.subject_threads[norm].append(t)
+
+        wanted = (
+            {t for lst in self.hash_threads.values() for _, t in lst}
+            | {t for lst in self.key_threads.values() for _, t in lst}
+            | {t for t, _ in subj_ids}
+            | set(self.alias.values())
+            | token_threads
+            | {m.row["thread_id"] for m in msgs if m.row["thread_id"]}
+            | set(self.placements.values())
+        )
+        for row in Thread.objects.filter(team_id=team_id, id__in=wanted).values(
+            "id",
+            "subject",
+            "normalized_subject",
+            "participants",
+            "first_message_at",
+            "last_message_at",
+            "deal_id",
+            "deal_source",
+            "deal_candidates",
+            "verification",
+            "claimed_thread_id",
+        ):
+            self.threads[row["id"]] = _ThreadState(
+                id=row["id"],
+                subject=row["subject"],
+                normalized_subject=row["normalized_subject"],
+                participants=set(row["participants"] or ()),
+                first=row["first_message_at"],
+                last=row["last_message_at"],
+                deal_id=row["deal_id"],
+                deal_source=row["deal_source"],
+                deal_candidates=list(row["deal_candidates"] or ()),
+                verification=row["verification"],
+                claimed=row["claimed_thread_id"],
+            )
+        # Tokens naming a thread that no longer exists are not evidence.
+        self.own_tokens = {mid: t for mid, t in self.own_tokens.items() if self.find(t) in self.threads}
+        return msgs
+
+    # --- route -----------------------------------------------------------------------------------------
+    def _candidates(self, m: _Msg) -> Candidates:
+        pk = m.row["id"]
+        by_mid: dict[str, int] = {}
+        referenced_by: dict[str, tuple[int, ...]] = {}
+        for mid in (m.inp.message_id, *m.inp.referenced_ids):
+            for opk, t in self.hash_threads.get(_h(mid), ()):
+                if opk != pk:
+                    by_mid.setdefault(mid, self.find(t))
+                    break
+            # An unverified thread's claims are no evidence for anything else.
+            ts = {
+                self.find(t) for opk, t in self.key_threads.get(f"r:{_h(mid)}", ()) if opk != pk
+            } - self._unverified()
+            if ts:
+                referenced_by[mid] = tuple(sorted(ts))
+        by_ti: dict[str, int] = {}
+        by_gm: dict[str, int] = {}
+        for k in m.keys:
+            if k.startswith(("ti:", "gm:")):
+                for opk, t in self.key_threads.get(k, ()):
+                    if opk != pk:
+                        (by_ti if k.startswith("ti:") else by_gm)[k[3:]] = self.find(t)
+                        break
+        norm = normalize_subject(m.inp.subject)
+        by_subject = tuple(dict.fromkeys(self.find(t) for t in self.subject_threads.get(norm, ())))
+        own = {mid: self.find(self.own_tokens[mid]) for mid in m.inp.referenced_ids if mid in self.own_tokens}
+        ids = set(by_mid.values()) | {t for ts in referenced_by.values() for t in ts} | set(by_ti.values())
+        ids |= set(by_gm.values()) | set(by_subject) | set(own.values())
+        override = self.placements.get(pk)
+        return Candidates(
+            threads={t: self.threads[t].info() for t in ids if t in self.threads},
+            own_message_ids=own,
+            by_message_id=by_mid,
+            referenced_by=referenced_by,
+            by_thread_index={conversation_id(m.inp.thread_index): by_ti[k] for k in by_ti} if by_ti else {},
+            by_gm_thrid=by_gm,
+            by_subject=by_subject,
+            own_addresses=self.own,
+            override_thread=self.find(override) if override is not None else None,
+        )
+
+    def _unverified(self) -> set[int]:
+        if self._unverified_cache is None:
+            self._unverified_cache = {t.id for t in self.threads.values() if t.verification}
+        return self._unverified_cache
+
+    def _merge(self, absorbed: int, survivor: int) -> None:
+        absorbed, survivor = self.find(absorbed), self.find(survivor)
+        if absorbed == survivor:
+            return
+        a, s = self.threads.get(absorbed), self.threads.get(survivor)
+        self.alias[absorbed] = survivor
+        self.merges.append((absorbed, survivor))
+        if a is not None and s is not None:
+            s.participants |= a.participants
+            s.first = min((d for d in (a.first, s.first) if d), default=None)
+            s.last = max((d for d in (a.last, s.last) if d), default=None)
+            if s.deal_id is None and a.deal_id is not None:
+                s.deal_id, s.deal_source = a.deal_id, a.deal_source
+            s.dirty = True
+        self.touched.add(survivor)
+
+    def _route(self, m: _Msg) -> RoutingDecision:
+        decision = resolve(m.inp, self._candidates(m))
+        current = m.row["thread_id"]
+        current = self.find(current) if current else None
+        for absorbed in decision.merge_thread_ids:
+            if decision.thread_id is not None:
+                self._merge(absorbed, decision.thread_id)
+        if decision.thread_id is not None:
+            tid = self.find(decision.thread_id)
+        elif (
+            current is not None
+            and current in self.threads
+            and _starts(m.inp.date, self.threads[current].first)
+        ):
+            tid = current  # a replay: the message started this thread, keep it rather than make another
+        else:
+            t = self._new_thread(m.inp.subject, decision.normalized_subject)
+            if FLAG_UNVERIFIED in decision.flags:
+                self._unverified_cache = None
+                t.verification = Thread.Verification.UNVERIFIED
+                t.claimed = decision.claimed_thread_id
+            tid = t.id
+        st = self.threads[tid]
+        st.participants |= {
+            canonical_address(a) for _, role, a, _, _ in m.participants if role in _ADDRESS_ROLES
+        }
+        if m.inp.from_address:
+            st.participants.add(canonical_address(m.inp.from_address))
+        if m.inp.date:
+            st.first = min(st.first, m.inp.date) if st.first else m.inp.date
+            st.last = max(st.last, m.inp.date) if st.last else m.inp.date
+        st.dirty = True
+        m.thread = tid
+        if current is not None and current != tid:
+            self.touched.add(current)
+        self.touched.add(tid)
+        pk = m.row["id"]
+        self.hash_threads[m.row["message_id_hash"]].append((pk, tid))
+        if pk not in self.split_out:
+            for k in m.keys:
+                self.key_threads[k].append((pk, tid))
+        if decision.normalized_subject and tid not in self.subject_threads[decision.normalized_subject]:
+            self.subject_threads[decision.normalized_subject].insert(0, tid)
+        return decision
+
+    # --- run -------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        msgs = self._load()
+        decisions = [(m, self._route(m)) for m in msgs]
+        self._link_contacts(decisions)
+        self._write(decisions)
+
+    def _link_contacts(self, decisions: list[tuple[_Msg, RoutingDecision]]) -> None:
+        team_id = self.team_id
+        canon_of = {a: canonical_address(a) for m, _ in decisions for _, _, a, _, _ in m.participants}
+        canons = set(canon_of.values())
+        self.contact_by_canon: dict[str, int] = {}
+        for canon, contact in (
+            ContactEmail.objects.filter(team_id=team_id, canonical__in=canons)
+            .order_by("id")
+            .values_list("canonical", "contact_id")
+        ):
+            self.contact_by_canon.setdefault(canon, contact)
+        self.new_contacts: dict[str, tuple[str, str, str | None]] = {}  # canon -> (address, name, domain)
+        for m, decision in decisions:
+            direction = m.row["direction"]
+            if m.inp.from_address and canonical_address(m.inp.from_address) in self.own:
+                direction = OUTGOING  # From is one of the team's mailboxes or users
+            m.direction = direction
+            unverified = FLAG_UNVERIFIED in decision.flags
+            ctx = ContactContext(
+                policy=strongest_policy(self.policies.get(m.row["id"], ())),
+                direction=direction,
+                is_auto_reply=m.inp.is_auto_reply,
+                is_bulk=m.inp.is_bulk,
+                unverified=unverified,
+                own_addresses=self.own,
+                ignore_addresses=self.ignore_addresses,
+                ignore_domains=self.ignore_domains,
+            )
+            plist = [ParticipantIn(role, a, name) for _, role, a, name, _ in m.participants]
+            known = frozenset(self.contact_by_canon) | frozenset(self.new_contacts)
+            plan = plan_contacts(plist, known, ctx)
+            contact_hits: list[RuleHit] = list(plan.skipped)
+            for nc in plan.create:
+                domain, why = company_domain(nc.address)
+                self.new_contacts[nc.canonical] = (nc.address, nc.name, domain)
+                contact_hits.append(RuleHit("contact_created", f"{nc.reason}; {why}"))
+            for ppk, role, a, _, _ in m.participants:
+                canon = canon_of[a]
+                if canon in self.own:
+                    continue
+                if unverified and role in ("from", "sender", "reply_to"):
+                    continue  # not on the contact's card until a user accepts
+                if canon in self.contact_by_canon or canon in self.new_contacts:
+                    m.contacts[ppk] = canon
+            if unverified:
+                contact_hits.append(
+                    RuleHit("unverified_sender", "sender not linked to a contact until accepted")
+                )
+            m.routing = {"thread": decision.as_json(), "contacts": [h.as_json() for h in contact_hits]}
+
+    def _create_contacts(self) -> None:
+        team_id = self.team_id
+        if not self.new_contacts:
+            return
+        # Companies from the new contacts' domains: matched, or created.
+        domains = {d for _, _, d in self.new_contacts.values() if d}
+        company_by_domain = dict(
+            CompanyDomain.objects.filter(team_id=team_id, domain__in=domains).values_list(
+                "domain", "company_id"
+            )
+        )
+        missing = sorted(domains - set(company_by_domain))
+        if missing:
+            companies = Company.objects.bulk_create(
+                [Company(team_id=team_id, name=company_name_for(d)) for d in missing]
+            )
+            CompanyDomain.objects.bulk_create(
+                [
+                    CompanyDomain(team_id=team_id, company_id=c.pk, domain=d)
+                    for c, d in zip(companies, missing, strict=True)
+                ],
+                ignore_conflicts=True,
+            )
+            company_by_domain = dict(
+                CompanyDomain.objects.filter(team_id=team_id, domain__in=domains).values_list(
+                    "domain", "company_id"
+                )
+            )
+            lost = [c.pk for c in companies if c.pk not in set(company_by_domain.values())]
+            if lost:  # a concurrent linker created the same domain: keep theirs
+                Company.objects.filter(pk__in=lost).delete()
+        items = sorted(self.new_contacts.items())
+        contacts = Contact.objects.bulk_create(
+            [
+                Contact(
+                    team_id=team_id,
+                    name=name[:300],
+                    company_id=company_by_domain.get(domain) if domain else None,
+                    created_automatically=True,
+                )
+                for _, (_, name, domain) in items
+            ]
+        )
+        ContactEmail.objects.bulk_create(
+            [
+                ContactEmail(team_id=team_id, contact_id=c.pk, address=address[:320], canonical=canon[:320])
+                for c, (canon, (address, _, _)) in zip(contacts, items, strict=True)
+            ],
+            ignore_conflicts=True,
+        )
+        for canon, contact in (
+            ContactEmail.objects.filter(team_id=team_id, canonical__in=[c for c, _ in items])
+            .order_by("id")
+            .values_list("canonical", "contact_id")
+        ):
+            self.contact_by_canon.setdefault(canon, contact)
+        used = set(self.contact_by_canon.values())
+        lost = [c.pk for c in contacts if c.pk not in used]
+        if lost:
+            Contact.objects.filter(pk__in=lost).delete()
+
+    def _write(self, decisions: list[tuple[_Msg, RoutingDecision]]) -> None:
+        team_id = self.team_id
+        self._create_contacts()
+
+        # Threads created in this batch (merged-away temporaries are not created).
+        temps = [t for t in self.threads.values() if t.id < 0 and self.find(t.id) == t.id]
+        real: dict[int, int] = {}
+        if temps:
+            created = Thread.objects.bulk_create(
+                [
+                    Thread(
+                        team_id=team_id,
+                        subject=t.subject,
+                        normalized_subject=t.normalized_subject,
+                        verification=t.verification,
+                    )
+                    for t in temps
+                ]
+            )
+            real = {t.id: c.pk for t, c in zip(temps, created, strict=True)}
+            claims = [
+                Thread(pk=real[t.id], claimed_thread_id=real.get(self.find(t.claimed), self.find(t.claimed)))
+                for t in temps
+                if t.claimed
+            ]
+            if claims:
+                Thread.objects.bulk_update(claims, ["claimed_thread"])
+
+        def tid(t: int | None) -> int | None:
+            if t is None:
+                return None
+            t = self.find(t)
+            return real.get(t, t)
+
+        if real:
+            for m, _ in decisions:
+                m.routing["thread"] = _remap(m.routing["thread"], real)
+
+        # Merges decided by the rules (bridges): move messages and record aliases.
+        for absorbed, _survivor in self.merges:
+            if absorbed < 0:
+                continue
+            survivor = tid(absorbed)
+            assert survivor is not None
+            Message.objects.filter(thread_id=absorbed).update(thread_id=survivor)
+            MessagePlacement.objects.filter(thread_id=absorbed).update(thread_id=survivor)
+            ThreadAlias.objects.filter(survivor_id=absorbed).update(survivor_id=survivor)
+            ThreadAlias.objects.get_or_create(
+                absorbed_id=absorbed, defaults={"team_id": team_id, "survivor_id": survivor}
+            )
+            Thread.objects.filter(claimed_thread_id=absorbed).update(claimed_thread_id=survivor)
+            Thread.objects.filter(pk=absorbed).delete()
+            self.touched.discard(absorbed)
+
+        # Deals: per thread, in message order.
+        contact_ids = set(self.contact_by_canon.values())
+        contact_company = dict(Contact.objects.filter(pk__in=contact_ids).values_list("id", "company_id"))
+        company_ids = {c for c in contact_company.values() if c}
+        open_by_contact: dict[int, set[int]] = defaultdict(set)
+        open_by_company: dict[int, set[int]] = defaultdict(set)
+        for d, c, _co in (
+            Deal.objects.filter(team_id=team_id, status=Deal.Status.OPEN)
+            .filter(contact_id__in=contact_ids)
+            .values_list("id", "contact_id", "company_id")
+        ):
+            open_by_contact[c].add(d)
+        for d, _c, co in Deal.objects.filter(
+            team_id=team_id, status=Deal.Status.OPEN, company_id__in=company_ids
+        ).values_list("id", "contact_id", "company_id"):
+            open_by_company[co].add(d)
+
+        msg_updates: list[tuple[Any, ...]] = []
+        part_updates: list[tuple[Any, ...]] = []
+        keys: list[MessageKey] = []
+        links: list[MessageContact] = []
+        relinked: list[int] = []
+        for m, _decision in decisions:
+            st = self.threads[self.find(m.thread)] if m.thread is not None else None
+            final_thread = tid(m.thread)
+            ext_contacts: dict[int, None] = {}
+            for ppk, _role, _a, _n, old_contact in m.participants:
+                canon = m.contacts.get(ppk)
+                new_contact = self.contact_by_canon.get(canon) if canon else None
+                if new_contact != old_contact:
+                    part_updates.append((ppk, new_contact))
+                if new_contact is not None:
+                    ext_contacts[new_contact] = None
+            if st is not None:
+                if st.deal_id is None and st.deal_source != Thread.DealSource.USER:
+                    dd = choose_deal(
+                        DealInput(
+                            thread_deal=None,
+                            thread_deal_source="",
+                            contact_open_deals={
+                                c: tuple(sorted(open_by_contact[c]))
+                                for c in ext_contacts
+                                if open_by_contact.get(c)
+                            },
+                            company_open_deals={
+                                co: tuple(sorted(open_by_company[co]))
+                                for co in {contact_company.get(c) for c in ext_contacts}
+                                if co and open_by_company.get(co)
+                            },
+                        )
+                    )
+                    if dd.deal_id is not None:
+                        st.deal_id, st.deal_source, st.deal_candidates = (
+                            dd.deal_id,
+                            Thread.DealSource.AUTO,
+                            [],
+                        )
+                    elif dd.candidates:
+                        st.deal_candidates = list(dd.candidates)
+                    st.dirty = True
+                else:
+                    dd = choose_deal(DealInput(thread_deal=st.deal_id, thread_deal_source=st.deal_source))
+                m.routing["deal"] = {"deal": dd.deal_id, **dd.hit.as_json()}
+                if dd.candidates:
+                    m.routing["deal"]["candidates"] = list(dd.candidates)
+            old = m.row["routing"] or {}
+            was_linked = m.row["state"] == Message.State.LINKED
+            m.routing["thread"]["thread"] = final_thread
+            if was_linked:
+                relinked.append(m.row["id"])
+                # Same outcome as before: keep the reasons recorded when it was decided.
+                if m.row["thread_id"] == final_thread and old.get("thread"):
+                    m.routing["thread"] = old["thread"]
+                if old.get("deal") and old["deal"].get("deal") == m.routing.get("deal", {}).get("deal"):
+                    m.routing["deal"] = old["deal"]
+                created_now = any(h.get("rule") == "contact_created" for h in m.routing.get("contacts", []))
+                if "contacts" in old and not created_now:
+                    m.routing["contacts"] = old["contacts"]
+            changed = (
+                not was_linked
+                or m.row["thread_id"] != final_thread
+                or m.row["direction"] != m.direction
+                or old != m.routing
+            )
+            if changed:
+                msg_updates.append((m.row["id"], final_thread, m.routing, Message.State.LINKED, m.direction))
+            if not was_linked:
+                keys.extend(MessageKey(team_id=team_id, message_id=m.row["id"], key=k[:80]) for k in m.keys)
+            date = m.inp.date or m.row["received_at"]
+            for c in ext_contacts:
+                links.append(
+                    MessageContact(
+                        team_id=team_id,
+                        contact_id=c,
+                        company_id=contact_company.get(c),
+                        message_id=m.row["id"],
+                        date=date,
+                    )
+                )
+
+        if msg_updates:
+            _bulk_update(Message, msg_updates, ["thread_id", "routing", "state", "direction"])
+        if part_updates:
+            _bulk_update(Participant, part_updates, ["contact_id"])
+        if keys:
+            MessageKey.objects.bulk_create(keys, ignore_conflicts=True, batch_size=2000)
+        if relinked:
+            keep = {(lk.contact_id, lk.message_id) for lk in links}
+            stale = [
+                pk
+                for pk, c, mid in MessageContact.objects.filter(message_id__in=relinked).values_list(
+                    "id", "contact_id", "message_id"
+                )
+                if (c, mid) not in keep
+            ]
+            if stale:
+                MessageContact.objects.filter(pk__in=stale).delete()
+        if links:
+            MessageContact.objects.bulk_create(links, ignore_conflicts=True, batch_size=2000)
+
+        # Thread rows: counts and dates from the messages, participants, deals, verification.
+        ids = {t for t in (tid(x) for x in self.touched) if t is not None}
+        stats = {
+            r["thread_id"]: r
+            for r in Message.objects.filter(thread_id__in=ids)
+            .values("thread_id")
+            .annotate(n=Count("id"), first=Min("date"), last=Max("date"))
+        }
+        thread_rows: list[tuple[Any, ...]] = []
+        empty: list[int] = []
+        temp_of = {v: k for k, v in real.items()}
+        for t in ids:
+            s = stats.get(t)
+            if s is None:
+                empty.append(t)
+                continue
+            st = self.threads.get(temp_of.get(t, t))
+            if st is None:
+                continue
+            thread_rows.append(
+                (
+                    t,
+                    s["n"],
+                    s["first"],
+                    s["last"],
+                    sorted(st.participants),
+                    st.deal_id,
+                    st.deal_source,
+                    st.deal_candidates,
+                )
+            )
+        if thread_rows:
+            _bulk_update(
+                Thread,
+                thread_rows,
+                [
+                    "message_count",
+                    "first_message_at",
+                    "last_message_at",
+                    "participants",
+                    "deal_id",
+                    "deal_source",
+                    "deal_candidates",
+                ],
+            )
+        if empty:
+            Thread.objects.filter(pk__in=empty, message_count__gte=0).exclude(
+                placements__isnull=False
+            ).delete()
+
+
+def _starts(date: datetime | None, first: datetime | None) -> bool:
+    """Whether a message dated ``date`` is (or may be) the first of a thread starting at ``first``."""
+    return first is None or date is None or date <= first
+
+
+_TEMP_ID = re.compile(r"(?<![\w.])(-\d+)\b")
+
+
+def _remap(obj: Any, real: dict[int, int]) -> Any:
+    """Replace this batch's temporary (negative) thread ids in a routing record by the created ones."""
+    if isinstance(obj, dict):
+        return {k: _remap(v, real) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_remap(v, real) for v in obj]
+    if isinstance(obj, int) and not isinstance(obj, bool) and obj < 0:
+        return real.get(obj, obj)
+    if isinstance(obj, str) and "-" in obj:
+        return _TEMP_ID.sub(lambda mo: str(real.get(int(mo.group(1)), mo.group(1))), obj)
+    return obj
+
+
+def _bulk_update(model: Any, rows: list[tuple[Any, ...]], fields: list[str]) -> None:
+    """Update ``fields`` (attnames) of many rows given as ``(pk, value, ...)`` tuples. On PostgreSQL one
+    ``UPDATE ... FROM unnest(arrays)`` per chunk: one parameter per column, whatever the row count
+    (Django's ``bulk_update`` writes a CASE WHEN per row and field)."""
+    cols = [model._meta.get_field(f) for f in fields]
+    if connection.vendor != "postgresql":
+        objs = []
+        for row in rows:
+            obj = model(pk=row[0])
+            for f, v in zip(cols, row[1:], strict=True):
+                setattr(obj, f.attname, v)
+            objs.append(obj)
+        model.objects.bulk_update(objs, [f.name for f in cols], batch_size=500)
+        return
+    table = model._meta.db_table
+    casts = []
+    for f in cols:
+        if isinstance(f, JSONField):
+            casts.append("%s::text[]::jsonb[]")
+        else:
+            casts.append(f"%s::{f.db_type(connection)}[]")
+    names = ", ".join(['"pk_"'] + [f'"{f.column}"' for f in cols])
+    sets = ", ".join(f'"{f.column}" = v."{f.column}"' for f in cols)
+    sql = (
+        f'UPDATE "{table}" AS t SET {sets} FROM unnest(%s::bigint[], {", ".join(casts)}) AS v({names}) '  # noqa: S608
+        f'WHERE t."{model._meta.pk.column}" = v."pk_"'  # identifiers come from model metadata
+    )
+    for start in range(0, len(rows), 5000):
+        chunk = rows[start : start + 5000]
+        params: list[list[Any]] = [[r[0] for r in chunk]]
+        for i, f in enumerate(cols, start=1):
+            if isinstance(f, JSONField):
+                params.append([None if r[i] is None else json.dumps(r[i]) for r in chunk])
+            else:
+                params.append([r[i] for r in chunk])
+        with connection.cursor() as cur:
+            cur.execute(sql, params)

@@ -1,0 +1,243 @@
+"""Reads for threads and timelines: keyset (cursor) pagination on (date, id), index-backed."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from mailroom.conversations.models import Message, MessageContact, Participant, Source, Thread
+from mailroom.core.errors import InvalidInput
+from mailroom.routing.tree import Node, TreeMessage, thread_references
+
+MAX_LIMIT = 200
+
+
+def encode_cursor(date: datetime | None, pk: int) -> str:
+    raw = f"{date.isoformat() if date else ''}|{pk}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> tuple[datetime | None, int] | None:
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        date_s, _, pk_s = raw.partition("|")
+        return (datetime.fromisoformat(date_s) if date_s else None), int(pk_s)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(
+            "invalid cursor: pass the next_cursor of the previous page", field="cursor"
+        ) from exc
+
+
+def _limit(limit: int) -> int:
+    if limit < 1 or limit > MAX_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
+    return limit
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineItem:
+    message_id: int
+    thread_id: int | None
+    date: datetime | None
+    direction: str
+    subject: str
+    from_address: str
+    from_name: str
+    mailboxes: tuple[int, ...]
+    snippet: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+
+
+def _items(message_ids: list[int]) -> list[TimelineItem]:
+    rows = {
+        r["id"]: r
+        for r in Message.objects.filter(pk__in=message_ids).values(
+            "id", "thread_id", "date", "direction", "subject", "from_address", "from_name", "reply_text"
+        )
+    }
+    boxes: dict[int, list[int]] = {}
+    for mid, box in Source.objects.filter(message_id__in=message_ids, mailbox__isnull=False).values_list(
+        "message_id", "mailbox_id"
+    ):
+        if box not in boxes.setdefault(mid, []):
+            boxes[mid].append(box)
+    return [
+        TimelineItem(
+            message_id=r["id"],
+            thread_id=r["thread_id"],
+            date=r["date"],
+            direction=r["direction"],
+            subject=r["subject"],
+            from_address=r["from_address"],
+            from_name=r["from_name"],
+            mailboxes=tuple(sorted(boxes.get(r["id"], ()))),
+            snippet=(r["reply_text"] or "")[:200],
+        )
+        for r in (rows[m] for m in message_ids if m in rows)
+    ]
+
+
+def _keyset(qs: QuerySet[Any], date_field: str, id_field: str, cursor: str | None) -> QuerySet[Any]:
+    pos = decode_cursor(cursor)
+    if pos is None:
+        return qs
+    date, pk = pos
+    return qs.filter(Q(**{f"{date_field}__lt": date}) | Q(**{date_field: date, f"{id_field}__lt": pk}))
+
+
+def _link_page(qs: QuerySet[MessageContact], cursor: str | None, limit: int) -> Page:
+    limit = _limit(limit)
+    rows = list(
+        _keyset(qs, "date", "message_id", cursor)
+        .order_by("-date", "-message_id")
+        .values_list("date", "message_id")[: limit * 3 + 1]
+    )
+    seen: dict[int, datetime] = {}
+    for date, mid in rows:  # a company's contacts may share a message: each message once
+        if mid not in seen:
+            seen[mid] = date
+    ids = list(seen)[:limit]
+    more = len(seen) > limit or len(rows) == limit * 3 + 1
+    nxt = encode_cursor(seen[ids[-1]], ids[-1]) if ids and more else None
+    return Page(_items(ids), nxt)
+
+
+def contact_timeline(*, contact_id: int, cursor: str | None = None, limit: int = 50) -> Page:
+    """Every message of a contact (all mailboxes of the team, each once), newest first."""
+    return _link_page(MessageContact.objects.filter(contact_id=contact_id), cursor, limit)
+
+
+def company_timeline(*, company_id: int, cursor: str | None = None, limit: int = 50) -> Page:
+    return _link_page(MessageContact.objects.filter(company_id=company_id), cursor, limit)
+
+
+def deal_timeline(*, deal_id: int, cursor: str | None = None, limit: int = 50) -> Page:
+    limit = _limit(limit)
+    qs = _keyset(Message.objects.filter(thread__deal_id=deal_id), "date", "id", cursor)
+    rows = list(qs.order_by("-date", "-id").values_list("date", "id")[: limit + 1])
+    ids = [pk for _, pk in rows[:limit]]
+    nxt = encode_cursor(rows[limit - 1][0], rows[limit - 1][1]) if len(rows) > limit else None
+    return Page(_items(ids), nxt)
+
+
+def thread_list(
+    *,
+    threads: QuerySet[Thread],
+    cursor: str | None = None,
+    limit: int = 50,
+    verification: str | None = None,
+    deal_id: int | None = None,
+) -> Page:
+    limit = _limit(limit)
+    qs = threads.filter(message_count__gt=0)
+    if verification is not None:
+        qs = qs.filter(verification=verification)
+    if deal_id is not None:
+        qs = qs.filter(deal_id=deal_id)
+    rows = list(_keyset(qs, "last_message_at", "id", cursor).order_by("-last_message_at", "-id")[: limit + 1])
+    nxt = encode_cursor(rows[limit - 1].last_message_at, rows[limit - 1].pk) if len(rows) > limit else None
+    return Page(rows[:limit], nxt)
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadMessage:
+    id: int
+    message_id: str
+    date: datetime | None
+    direction: str
+    subject: str
+    from_address: str
+    from_name: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    mailboxes: tuple[int, ...]
+    snippet: str
+    parent: int | None  # the message this one replies to inside the thread (RFC 5256 tree)
+    routing: dict[str, Any] | None
+
+
+def thread_messages(*, thread: Thread, limit: int = 500) -> list[ThreadMessage]:
+    """A thread's messages in date order, with the reply tree."""
+    rows = list(
+        Message.objects.filter(thread=thread)
+        .order_by("date", "id")
+        .values(
+            "id",
+            "message_id",
+            "date",
+            "direction",
+            "subject",
+            "from_address",
+            "from_name",
+            "reply_text",
+            "in_reply_to",
+            "references",
+            "routing",
+        )[:limit]
+    )
+    ids = [r["id"] for r in rows]
+    to: dict[int, list[str]] = {}
+    cc: dict[int, list[str]] = {}
+    for mid, role, addr in (
+        Participant.objects.filter(message_id__in=ids, role__in=("to", "cc"))
+        .order_by("id")
+        .values_list("message_id", "role", "address")
+    ):
+        (to if role == "to" else cc).setdefault(mid, []).append(addr)
+    boxes: dict[int, set[int]] = {}
+    for mid, box in Source.objects.filter(message_id__in=ids, mailbox__isnull=False).values_list(
+        "message_id", "mailbox_id"
+    ):
+        boxes.setdefault(mid, set()).add(box)
+    parents: dict[int, int | None] = {}
+
+    def walk(node: Node, parent: int | None) -> None:
+        key = node.key
+        if key is not None:
+            parents[key] = parent
+        for c in node.children:
+            walk(c, key if key is not None else parent)
+
+    for root in thread_references(
+        [
+            TreeMessage(
+                key=r["id"],
+                message_id=r["message_id"],
+                references=tuple(r["references"] or ()),
+                in_reply_to=tuple(r["in_reply_to"] or ()),
+                subject="",
+                date=r["date"],
+            )
+            for r in rows
+        ]
+    ):
+        walk(root, None)
+    return [
+        ThreadMessage(
+            id=r["id"],
+            message_id=r["message_id"],
+            date=r["date"],
+            direction=r["direction"],
+            subject=r["subject"],
+            from_address=r["from_address"],
+            from_name=r["from_name"],
+            to=tuple(to.get(r["id"], ())),
+            cc=tuple(cc.get(r["id"], ())),
+            mailboxes=tuple(sorted(boxes.get(r["id"], ()))),
+            snippet=(r["reply_text"] or "")[:200],
+            parent=parents.get(r["id"]),
+            routing=r["routing"],
+        )
+        for r in rows
+    ]

@@ -1,0 +1,29 @@
+"""Writing events. Call inside the transaction of the change the event reports, so that the event
+exists if and only if the change was committed (the webhook sender reads undelivered rows)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.db import transaction
+
+from mailroom.events.models import Event
+
+
+def event_record(*, team_id: int, kind: str, payload: dict[str, Any]) -> Event:
+    if kind not in Event.Kind.values:
+        raise ValueError(f"unknown event kind {kind!r}")
+    with transaction.atomic():
+        return Event.objects.create(team_id=team_id, kind=kind, payload=payload)
+
+
+def events_record(items: Iterable[tuple[int, str, dict[str, Any]]]) -> int:
+    """Record several events at once: ``(team_id, kind, payload)`` tuples."""
+    rows = [Event(team_id=t, kind=k, payload=p) for t, k, p in items]
+    for row in rows:
+        if row.kind not in Event.Kind.values:
+            raise ValueError(f"unknown event kind {row.kind!r}")
+    if rows:
+        Event.objects.bulk_create(rows)
+    return len(rows)

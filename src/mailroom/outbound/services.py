@@ -1,0 +1,798 @@
+"""Outbox services: compose -> outbox row (fixed bytes, fixed Message-ID) -> send -> mark sent -> Sent.
+
+* :func:`outbox_create` validates, renders and builds the final bytes, and writes the row (idempotent
+  on ``(team, idempotency_key)``) before anything is sent.
+* :func:`outbox_send_due` claims due rows (lease), submits them over one connection per mailbox
+  (mailboxes in parallel threads, no database work in the threads), then records every result, the
+  raw-store copy (kind ``outbox``) and the events in one transaction.
+* :func:`outbox_append_due` files sent mail into the Sent folder, guarded by a Message-ID search.
+* :func:`outbox_retry` / :func:`outbox_cancel` are the user's levers.
+
+A crash after the server accepted a message but before we recorded it leaves the row in ``sending``;
+once its lease expires (or its worker is known dead) it is sent again with the same bytes, hence the
+same Message-ID: at worst a duplicate that clients and our raw store recognise, never a lost message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email
+import hashlib
+import html as html_lib
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from email import policy as email_policy
+from email.utils import getaddresses, parseaddr
+from typing import Any
+
+import nh3
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from jinja2 import TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from mailroom.conversations.models import Message
+from mailroom.core.errors import Conflict, InvalidInput
+from mailroom.core.tokens import make_message_id
+from mailroom.events.models import Event
+from mailroom.events.services import events_record
+from mailroom.ingest.rawstore import IncomingRaw, store_batch
+from mailroom.mailboxes.models import Folder, Mailbox
+from mailroom.outbound import compose
+from mailroom.outbound.compose import Addr, Attachment, Draft, HeaderInjection
+from mailroom.outbound.models import (
+    MailboxRelaySettings,
+    OutboxMessage,
+    PersonalAddress,
+    RelayToken,
+    Signature,
+)
+from mailroom.outbound.sentfolder import AppendItem, append_guarded, imap_settings_for_mailbox
+from mailroom.outbound.smtp import SendResult, SmtpSettings, Submitter, backoff_seconds, settings_for_mailbox
+from mailroom.parsing.headers import msgid_list, parse_addresses
+from mailroom.parsing.rawheaders import parse_header_block
+
+log = logging.getLogger(__name__)
+
+MAX_TOTAL_ATTACHMENTS = 25 * 1024 * 1024
+MAX_RECIPIENTS = 100
+
+
+def _setting(name: str, default: float) -> float:
+    value: Any = getattr(settings, name, None)
+    if value is None:
+        value = os.environ.get(name, default)
+    return float(value)
+
+
+def lease_seconds() -> float:
+    return _setting("MAILROOM_OUTBOX_LEASE_SECONDS", 300)
+
+
+def retry_base_seconds() -> float:
+    return _setting("MAILROOM_OUTBOX_RETRY_BASE_SECONDS", 30)
+
+
+def smtp_timeout_seconds() -> float:
+    return _setting("MAILROOM_OUTBOX_SMTP_TIMEOUT", 30)
+
+
+# --- wake-up of the worker -------------------------------------------------------------------------
+outbox_wakeup = threading.Event()
+
+
+def wake_outbox() -> None:
+    outbox_wakeup.set()
+
+
+# --- input -----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AttachmentInput:
+    filename: str
+    content_type: str = "application/octet-stream"
+    content_b64: str = field(default="", repr=False)
+    inline: bool = False
+    content_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeInput:
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    subject: str | None = None
+    text: str = ""
+    html: str = ""
+    in_reply_to: int | None = None  # a Mailroom message id
+    mode: str = "new"
+    template: str | None = None
+    attachments: tuple[AttachmentInput, ...] = ()
+    send_at: datetime | None = None
+    idempotency_key: str | None = None
+    signature: bool = True
+    relay_to_owner: bool | None = None  # per send: forward replies to the owner's personal address
+    deal: int | None = None  # template variables / relay owner
+    auto_submitted: str = ""  # "auto-replied" for automatic answers
+
+    def request_hash(self, mailbox_id: int) -> str:
+        data = asdict(self)
+        data["idempotency_key"] = None
+        data["mailbox"] = mailbox_id
+        data["send_at"] = self.send_at.isoformat() if self.send_at else None
+        blob = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# --- checks ----------------------------------------------------------------------------------------
+def _check(value: str, field_name: str) -> None:
+    try:
+        compose.check_header_text(value, field_name)
+    except HeaderInjection as exc:
+        raise InvalidInput(str(exc), field=exc.field) from exc
+
+
+def check_header_fields(data: ComposeInput) -> None:
+    """CR, LF or NUL in anything that ends up in a header is a 400 that names the field."""
+    for name in ("to", "cc", "bcc"):
+        for i, value in enumerate(getattr(data, name)):
+            _check(value, f"{name}[{i}]")
+    _check(data.subject or "", "subject")
+    _check(data.template or "", "template")
+    _check(data.idempotency_key or "", "idempotency_key")
+    for i, att in enumerate(data.attachments):
+        _check(att.filename, f"attachments[{i}].filename")
+        _check(att.content_type, f"attachments[{i}].content_type")
+        _check(att.content_id, f"attachments[{i}].content_id")
+    for name in ("text", "html"):
+        if "\0" in getattr(data, name):
+            raise InvalidInput(f"{name}: NUL is not allowed", field=name)
+    if data.auto_submitted not in ("", "auto-replied", "auto-generated"):
+        raise InvalidInput("auto_submitted: must be auto-replied or auto-generated", field="auto_submitted")
+
+
+def parse_recipient(value: str, field_name: str) -> Addr:
+    name, addr = parseaddr(value) if "<" in value or "(" in value else ("", value.strip())
+    if not addr:
+        raise InvalidInput(f"{field_name}: {value!r} is not an email address", field=field_name)
+    try:
+        local, domain = compose.split_address(addr)
+    except ValueError as exc:
+        raise InvalidInput(f"{field_name}: {value!r}: {exc}", field=field_name) from exc
+    return Addr(f"{local}@{domain}", name.strip())
+
+
+def _recipients(values: Sequence[str], field_name: str) -> list[Addr]:
+    return [parse_recipient(v, f"{field_name}[{i}]") for i, v in enumerate(values)]
+
+
+# --- the message answered --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ParentInfo:
+    message_id: str
+    references: tuple[str, ...]
+    subject: str
+    from_: tuple[Addr, ...]
+    reply_to: tuple[Addr, ...]
+    to: tuple[Addr, ...]
+    cc: tuple[Addr, ...]
+    date: str
+    thread_index: str
+    text: str
+    raw: bytes
+
+
+def _text_of(raw: bytes) -> str:
+    try:
+        msg = email.message_from_bytes(raw, policy=email_policy.default)
+        body = msg.get_body(("plain", "html"))  # type: ignore[attr-defined]
+        if body is None:
+            return ""
+        content = str(body.get_content())
+        if body.get_content_type() == "text/html":
+            content = html_to_text(content)
+        return content.replace("\r\n", "\n")
+    except Exception:  # a malformed parent must not block a reply
+        log.warning("outbox.parent_text_failed", exc_info=True)
+        return ""
+
+
+def parent_info(msg: Message) -> ParentInfo:
+    raw = bytes(msg.raw.data) if hasattr(msg, "raw") else b""
+    block, _ = parse_header_block(raw)
+
+    def addrs(name: str) -> tuple[Addr, ...]:
+        return tuple(Addr(a.address, a.name) for a in parse_addresses(block.get_all(name)))
+
+    return ParentInfo(
+        message_id=msg.message_id,
+        references=msgid_list(block.get("references")) or tuple(msg.references or ()),
+        subject=msg.subject,
+        from_=addrs("from") or ((Addr(msg.from_address, msg.from_name),) if msg.from_address else ()),
+        reply_to=addrs("reply-to"),
+        to=addrs("to"),
+        cc=addrs("cc"),
+        date=block.get("date"),
+        thread_index=block.get("thread-index").strip(),
+        text=msg.text or _text_of(raw),
+        raw=raw,
+    )
+
+
+def html_to_text(value: str) -> str:
+    return html_lib.unescape(nh3.clean(value.replace("<br>", "\n").replace("</p>", "</p>\n"), tags=set())).strip()
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line if line else ">" for line in text.rstrip("\n").split("\n"))
+
+
+# --- templates -------------------------------------------------------------------------------------
+_jinja = SandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
+_jinja_html = SandboxedEnvironment(autoescape=True, keep_trailing_newline=True)
+
+
+def template_context(*, user: Any, mailbox: Mailbox, to: Sequence[Addr], deal_id: int | None,
+                     parent: Message | None) -> dict[str, Any]:
+    """Plain dicts (never ORM rows) for the sandbox: contact, company, deal, user, mailbox."""
+    from mailroom.crm.models import ContactEmail, Deal
+
+    contact_d: dict[str, Any] = {}
+    company_d: dict[str, Any] = {}
+    deal_d: dict[str, Any] = {}
+    contact = None
+    if to:
+        ce = (ContactEmail.objects.select_related("contact__company")
+              .filter(team_id=mailbox.team_id, address=to[0].address.lower()).first())
+        if ce is not None:
+            contact = ce.contact
+            contact_d = {"name": contact.name, "email": ce.address, "phone": contact.phone,
+                         "first_name": (contact.name or "").split(" ")[0]}
+            if contact.company is not None:
+                company_d = {"name": contact.company.name}
+        else:
+            contact_d = {"name": to[0].name, "email": to[0].address, "first_name": to[0].name.split(" ")[0]}
+    deal = None
+    if deal_id is not None:
+        deal = Deal.objects.filter(team_id=mailbox.team_id, id=deal_id).first()
+        if deal is None:
+            raise InvalidInput(f"deal {deal_id} not found", field="deal")
+    elif parent is not None and parent.thread_id and parent.thread and parent.thread.deal_id:
+        deal = parent.thread.deal
+    elif contact is not None:
+        deal = contact.deals.filter(status="open").order_by("-created_at").first()
+    if deal is not None:
+        deal_d = {"title": deal.title, "amount": str(deal.amount) if deal.amount is not None else "",
+                  "stage": deal.stage, "status": deal.status}
+        if not company_d and deal.company is not None:
+            company_d = {"name": deal.company.name}
+    user_d: dict[str, Any] = {}
+    if user is not None:
+        user_d = {"name": (user.get_full_name() or user.get_username()), "first_name": user.first_name,
+                  "last_name": user.last_name, "email": user.email}
+    return {"contact": contact_d, "company": company_d, "deal": deal_d, "user": user_d,
+            "mailbox": {"email": mailbox.email, "name": mailbox.display_name or mailbox.name}}
+
+
+def render_template(source: str, context: dict[str, Any], *, html: bool, field_name: str) -> str:
+    try:
+        env = _jinja_html if html else _jinja
+        return env.from_string(source).render(**context)
+    except TemplateError as exc:
+        raise InvalidInput(f"{field_name}: template error: {exc}", field="template") from exc
+
+
+# --- compose ---------------------------------------------------------------------------------------
+def message_id_domain(mailbox: Mailbox) -> str:
+    return (mailbox.message_id_domain or mailbox.email.rpartition("@")[2] or settings.MAILROOM_MESSAGE_ID_DOMAIN).lower()
+
+
+def _relay_settings(mailbox: Mailbox) -> MailboxRelaySettings | None:
+    return MailboxRelaySettings.objects.filter(mailbox=mailbox).first()
+
+
+def _signature(user: Any, mailbox: Mailbox) -> Signature | None:
+    if user is None or not getattr(user, "pk", None):
+        return None
+    return (Signature.objects.filter(user=user, is_default=True)
+            .filter(Q(mailbox=mailbox) | Q(mailbox__isnull=True)).order_by(F("mailbox_id").desc(nulls_last=True))
+            .first())
+
+
+def _decode_attachments(items: Sequence[AttachmentInput]) -> list[Attachment]:
+    out: list[Attachment] = []
+    total = 0
+    for i, att in enumerate(items):
+        try:
+            data = base64.b64decode(att.content_b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput(f"attachments[{i}].content: not valid base64", field=f"attachments[{i}].content") from exc
+        total += len(data)
+        if total > MAX_TOTAL_ATTACHMENTS:
+            raise InvalidInput("attachments: more than 25 MB in total", field="attachments")
+        ctype = att.content_type.strip().lower() or "application/octet-stream"
+        if "/" not in ctype or any(c in ctype for c in ' ;"'):
+            raise InvalidInput(f"attachments[{i}].content_type: {ctype!r} is not a MIME type",
+                               field=f"attachments[{i}].content_type")
+        out.append(Attachment(filename=att.filename[:255], content_type=ctype, data=data,
+                              inline=att.inline, content_id=att.content_id))
+    return out
+
+
+def outbox_create(
+    *,
+    user: Any,
+    mailbox: Mailbox,
+    data: ComposeInput,
+    parent: Message | None = None,
+    origin: str = OutboxMessage.Origin.COMPOSE,
+    created_by: Any = None,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    source_message: Message | None = None,
+    extra_attachments: Sequence[Attachment] = (),
+    reply_to_token: RelayToken | None = None,
+    now: datetime | None = None,
+    _cache: dict[str, Any] | None = None,
+) -> tuple[OutboxMessage, bool]:
+    """Create (or find, by idempotency key) the outbox row for ``data``. Returns (row, created).
+
+    ``user`` is the requesting user (access checks); internal callers (the relay) pass None and
+    resolve ``parent`` themselves.
+    """
+    check_header_fields(data)
+    now = now or timezone.now()
+    key = data.idempotency_key or f"auto:{uuid.uuid4().hex}"
+    req_hash = data.request_hash(mailbox.pk)
+    cache = _cache if _cache is not None else {}
+    known_keys: set[str] | None = cache.get("new_keys")
+    if known_keys is None or key not in known_keys:  # a batch pre-checks its keys in one query
+        existing = OutboxMessage.objects.filter(team_id=mailbox.team_id, idempotency_key=key).first()
+        if existing is not None:
+            return _same_or_conflict(existing, req_hash), False
+
+    if data.mode not in OutboxMessage.Mode.values:
+        raise InvalidInput(f"mode: must be one of {', '.join(OutboxMessage.Mode.values)}", field="mode")
+    if parent is None and data.in_reply_to is not None:
+        from mailroom.outbound.access import access_message_in_team
+
+        parent = access_message_in_team(user, data.in_reply_to, mailbox.team_id)
+    if data.mode != OutboxMessage.Mode.NEW and parent is None:
+        raise InvalidInput(f"in_reply_to: required for mode {data.mode}", field="in_reply_to")
+    pinfo = parent_info(parent) if parent is not None else None
+
+    to = _recipients(data.to, "to")
+    cc = _recipients(data.cc, "cc")
+    bcc = _recipients(data.bcc, "bcc")
+    own = {mailbox.email.lower()}
+    relay_domain = (settings.MAILROOM_RELAY_DOMAIN or "").lower()
+
+    def not_own(addrs: Sequence[Addr]) -> list[Addr]:
+        return [a for a in addrs if a.address.lower() not in own
+                and not (relay_domain and a.address.lower().endswith("@" + relay_domain))]
+
+    if pinfo is not None and not (to or cc or bcc):
+        parent_is_ours = bool(pinfo.from_) and pinfo.from_[0].address.lower() in own
+        if data.mode in (OutboxMessage.Mode.REPLY, OutboxMessage.Mode.REPLY_ALL):
+            to = list(pinfo.to) if parent_is_ours else list(pinfo.reply_to or pinfo.from_)
+            to = not_own(to)
+            if data.mode == OutboxMessage.Mode.REPLY_ALL:
+                seen = {a.address for a in to}
+                if not parent_is_ours:
+                    to += [a for a in not_own(list(pinfo.to)) if a.address not in seen]
+                    seen = {a.address for a in to}
+                cc = [a for a in not_own(list(pinfo.cc)) if a.address not in seen]
+    if not (to or cc or bcc):
+        raise InvalidInput("to: at least one recipient is required", field="to")
+    envelope = list(dict.fromkeys(a.address.lower() for a in (*to, *cc, *bcc)))
+    if len(envelope) > MAX_RECIPIENTS:
+        raise InvalidInput(f"to: at most {MAX_RECIPIENTS} recipients", field="to")
+
+    # Template, subject, bodies.
+    subject = data.subject
+    text, html_body = data.text, data.html
+    if data.template:
+        from mailroom.outbound.access import access_template_in_team
+
+        tpl = access_template_in_team(user, data.template, mailbox.team_id) if user is not None else None
+        if tpl is None:
+            raise InvalidInput("template: not available here", field="template")
+        ctx = template_context(user=user, mailbox=mailbox, to=to, deal_id=data.deal, parent=parent)
+        if subject is None and tpl.subject:
+            subject = render_template(tpl.subject, ctx, html=False, field_name="subject").strip()
+        if not text and tpl.text:
+            text = render_template(tpl.text, ctx, html=False, field_name="text")
+        if not html_body and tpl.html:
+            html_body = render_template(tpl.html, ctx, html=True, field_name="html")
+    if subject is None:
+        if pinfo is not None and data.mode == OutboxMessage.Mode.FORWARD:
+            subject = compose.forward_subject(pinfo.subject)
+        elif pinfo is not None:
+            subject = compose.reply_subject(pinfo.subject)
+        else:
+            subject = ""
+    subject = subject.replace("\t", " ")
+    _check(subject, "subject")
+    if html_body:
+        html_body = nh3.clean(html_body)
+        if not text:
+            text = html_to_text(html_body)
+    if data.signature and (created_by or user) is not None:
+        sig_key = f"signature:{getattr(created_by or user, 'pk', None)}:{mailbox.pk}"
+        if sig_key not in cache:
+            cache[sig_key] = _signature(created_by or user, mailbox)
+        sig = cache[sig_key]
+        if sig is not None:
+            if sig.text:
+                text = text.rstrip("\n") + "\n\n-- \n" + sig.text
+            if html_body and (sig.html or sig.text):
+                sig_html = nh3.clean(sig.html) if sig.html else html_lib.escape(sig.text).replace("\n", "<br>")
+                html_body += f'<div class="mr-signature">-- <br>{sig_html}</div>'
+    attachments = [*_decode_attachments(data.attachments), *extra_attachments]
+    if pinfo is not None:
+        if data.mode == OutboxMessage.Mode.FORWARD:
+            who = ", ".join(compose.format_addr(a) for a in pinfo.from_)
+            header = (f"\n\n---------- Forwarded message ----------\nFrom: {who}\nDate: {pinfo.date}\n"
+                      f"Subject: {pinfo.subject}\nTo: {', '.join(compose.format_addr(a) for a in pinfo.to)}\n\n")
+            text = text.rstrip("\n") + header + pinfo.text
+            if html_body:
+                html_body += "<br><br>" + html_lib.escape(header + pinfo.text).replace("\n", "<br>")
+            if pinfo.raw:
+                attachments.append(Attachment("forwarded.eml", "message/rfc822", pinfo.raw))
+        elif pinfo.text:
+            who = compose.format_addr(pinfo.from_[0]) if pinfo.from_ else "someone"
+            intro = f"On {pinfo.date}, {who} wrote:" if pinfo.date else f"{who} wrote:"
+            text = text.rstrip("\n") + f"\n\n{intro}\n{_quote(pinfo.text)}\n"
+            if html_body:
+                html_body += (f"<br><div>{html_lib.escape(intro)}</div><blockquote>"
+                              f"{html_lib.escape(pinfo.text).replace(chr(10), '<br>')}</blockquote>")
+
+    # Headers.
+    thread_id = parent.thread_id if parent is not None else None
+    message_id = make_message_id(thread_id=thread_id, domain=message_id_domain(mailbox))
+    in_reply_to = ""
+    references: tuple[str, ...] = ()
+    if pinfo is not None and data.mode != OutboxMessage.Mode.FORWARD:
+        in_reply_to = pinfo.message_id
+        references = compose.trim_references([*pinfo.references, pinfo.message_id])
+    root = references[0] if references else message_id
+    t_index = compose.thread_index(when=now, parent=pinfo.thread_index if pinfo and in_reply_to else "",
+                                   seed=hashlib.sha256(root.encode()).digest()[:16])
+
+    with transaction.atomic():
+        # Relay: Reply-To reply+<token>@relay-domain, per mailbox option.
+        token = reply_to_token
+        rs_key = f"relay_settings:{mailbox.pk}"
+        if rs_key not in cache:
+            cache[rs_key] = _relay_settings(mailbox)
+        rs = cache[rs_key]
+        if token is None and relay_domain and (rs is None or rs.reply_to_relay) and origin != OutboxMessage.Origin.RELAY_FORWARD:
+            from mailroom.outbound.relay import relay_owner_for, relay_token_create
+
+            owner, forward = relay_owner_for(mailbox=mailbox, settings_row=rs, user=created_by or user,
+                                             parent=parent, deal_id=data.deal, per_send=data.relay_to_owner)
+            token = relay_token_create(kind=RelayToken.Kind.CLIENT, mailbox=mailbox, owner=owner,
+                                       thread_id=thread_id, root_message_id=message_id, forward_to_owner=forward)
+        reply_to: tuple[Addr, ...] = ()
+        if token is not None and relay_domain:
+            from mailroom.outbound.relay import relay_address
+
+            reply_to = (Addr(relay_address(token.token), mailbox.display_name or ""),)
+        draft = Draft(
+            from_=Addr(mailbox.email.lower(), mailbox.display_name),
+            to=tuple(to), cc=tuple(cc), reply_to=reply_to,
+            subject=subject, message_id=message_id, date=now,
+            text=text, html=html_body,
+            in_reply_to=in_reply_to, references=references,
+            thread_index=t_index, thread_topic=compose.strip_subject_prefixes(subject),
+            auto_submitted=data.auto_submitted, extra_headers=tuple(extra_headers),
+            attachments=tuple(attachments),
+        )
+        raw = compose.build_message(draft)
+        due = data.send_at if data.send_at and data.send_at > now else now
+        row = OutboxMessage(
+            team_id=mailbox.team_id, mailbox=mailbox,
+            created_by=(created_by or user) if getattr(created_by or user, "pk", None) else None,
+            idempotency_key=key, request_hash=req_hash, mode=data.mode, origin=origin,
+            reply_to_message=parent, thread_id=thread_id,
+            message_id=message_id, subject=subject, mail_from=mailbox.email.lower(),
+            recipients=envelope,
+            to=[a.address for a in to], cc=[a.address for a in cc], bcc=[a.address for a in bcc],
+            raw=raw, size=len(raw), send_at=data.send_at, next_attempt_at=due,
+            append_required=not mailbox.provider_saves_sent and origin != OutboxMessage.Origin.RELAY_FORWARD,
+            relay_token=token, relay_to_owner=bool(token and token.forward_to_owner),
+            source_message=source_message,
+        )
+        collect = cache.get("collect")
+        if collect is not None:  # outbox_create_batch inserts the rows in bulk
+            collect.append(row)
+            return row, True
+        try:
+            with transaction.atomic():
+                row.save(force_insert=True)
+        except IntegrityError:
+            existing = OutboxMessage.objects.filter(team_id=mailbox.team_id, idempotency_key=key).first()
+            if existing is None:
+                raise
+            return _same_or_conflict(existing, req_hash), False
+        transaction.on_commit(wake_outbox)
+    log.info("outbox.created", extra={"outbox_id": row.pk, "mailbox_id": mailbox.pk, "size": len(raw)})
+    return row, True
+
+
+def outbox_create_batch(*, user: Any, mailbox: Mailbox, items: Sequence[ComposeInput]) -> list[tuple[OutboxMessage, bool]]:
+    """Create many outbox rows in one durable transaction (campaigns, imports, the benchmark):
+    the same checks and bytes as :func:`outbox_create`, one commit (one fsync) for the batch."""
+    keys = [d.idempotency_key for d in items if d.idempotency_key]
+    taken = set(OutboxMessage.objects.filter(team_id=mailbox.team_id, idempotency_key__in=keys)
+                .values_list("idempotency_key", flat=True))
+    collected: list[OutboxMessage] = []
+    cache: dict[str, Any] = {"new_keys": {k for k in keys if k not in taken}, "collect": collected}
+    try:
+        with transaction.atomic():
+            results = [outbox_create(user=user, mailbox=mailbox, data=d, _cache=cache) for d in items]
+            OutboxMessage.objects.bulk_create(collected, batch_size=500)
+            transaction.on_commit(wake_outbox)
+            return results
+    except IntegrityError:  # a key taken meanwhile (or twice in the batch): the careful way, one by one
+        with transaction.atomic():
+            return [outbox_create(user=user, mailbox=mailbox, data=d) for d in items]
+
+
+def _same_or_conflict(existing: OutboxMessage, req_hash: str) -> OutboxMessage:
+    if existing.request_hash != req_hash:
+        raise Conflict("idempotency_key: already used for a different message", field="idempotency_key")
+    return existing
+
+
+# --- sending ---------------------------------------------------------------------------------------
+_HOST = socket.gethostname()
+
+
+def new_worker_id() -> str:
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_dead(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_s = rest.partition(":")[0]
+    if host != _HOST or not pid_s.isdigit():
+        return False
+    pid = int(pid_s)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass(slots=True)
+class SendReport:
+    claimed: int = 0
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    connections: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    pk: int
+    mail_from: str
+    recipients: tuple[str, ...]
+    raw: bytes
+
+
+def outbox_claim_due(*, worker_id: str, limit: int = 200, now: datetime | None = None) -> list[int]:
+    """Lease up to ``limit`` due rows (queued/retrying whose time has come, or sending whose lease
+    expired or whose local worker died) to ``worker_id``. Returns their ids, committed."""
+    now = now or timezone.now()
+    stuck_owners = [
+        o for o in OutboxMessage.objects.filter(state=OutboxMessage.State.SENDING, lease_expires_at__gt=now)
+        .values_list("lease_owner", flat=True).distinct() if o != worker_id and _owner_dead(o)
+    ]
+    due = (
+        Q(state__in=[OutboxMessage.State.QUEUED, OutboxMessage.State.RETRYING], next_attempt_at__lte=now)
+        | Q(state=OutboxMessage.State.SENDING, lease_expires_at__lte=now)
+        | Q(state=OutboxMessage.State.SENDING, lease_owner__in=stuck_owners)
+    )
+    with transaction.atomic():
+        ids = list(OutboxMessage.objects.filter(due).order_by("next_attempt_at", "id").values_list("id", flat=True)[:limit])
+        if not ids:
+            return []
+        OutboxMessage.objects.filter(due, id__in=ids).update(
+            state=OutboxMessage.State.SENDING, lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds()), attempts=F("attempts") + 1,
+        )
+        return list(OutboxMessage.objects.filter(id__in=ids, lease_owner=worker_id,
+                                                 state=OutboxMessage.State.SENDING).values_list("id", flat=True))
+
+
+def _send_group(smtp_settings: SmtpSettings, jobs: Sequence[_Job]) -> tuple[list[tuple[int, SendResult]], int]:
+    out: list[tuple[int, SendResult]] = []
+    with Submitter(smtp_settings) as sub:
+        for job in jobs:
+            out.append((job.pk, sub.send(job.mail_from, job.recipients, job.raw)))
+        return out, sub.connections_opened
+
+
+def outbox_send_due(
+    *, limit: int = 200, parallel: int = 4, worker_id: str | None = None, now: datetime | None = None,
+    chunk_size: int = 250,
+) -> SendReport:
+    """Claim and send due messages; returns what happened. Safe to run concurrently and repeatedly."""
+    worker_id = worker_id or new_worker_id()
+    ids = outbox_claim_due(worker_id=worker_id, limit=limit, now=now)
+    report = SendReport(claimed=len(ids))
+    if not ids:
+        return report
+    rows = list(OutboxMessage.objects.filter(id__in=ids).select_related("mailbox").order_by("id"))
+    settings_cache: dict[int, SmtpSettings] = {}
+    for row in rows:
+        if row.mailbox_id not in settings_cache:
+            settings_cache[row.mailbox_id] = settings_for_mailbox(row.mailbox, timeout=smtp_timeout_seconds())
+    # Pipeline: while chunk k is recorded (main thread, database), chunk k+1 is on the wire (threads).
+    chunks = [rows[i : i + chunk_size] for i in range(0, len(rows), chunk_size)]
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="outbox-smtp") as pool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-dispatch") as dispatch:
+        pending = dispatch.submit(_send_chunk, pool, chunks[0], settings_cache)
+        for k in range(len(chunks)):
+            results, conns = pending.result()
+            if k + 1 < len(chunks):
+                pending = dispatch.submit(_send_chunk, pool, chunks[k + 1], settings_cache)
+            report.connections += conns
+            _record_results(chunks[k], results, worker_id, report)
+    return report
+
+
+def _send_chunk(pool: ThreadPoolExecutor, rows: Sequence[OutboxMessage],
+                settings_cache: dict[int, SmtpSettings]) -> tuple[dict[int, SendResult], int]:
+    """Send one chunk: one connection per mailbox, mailboxes in parallel. No database work here."""
+    groups: dict[int, list[_Job]] = defaultdict(list)
+    for r in rows:
+        groups[r.mailbox_id].append(_Job(r.pk, r.mail_from, tuple(r.recipients), bytes(r.raw)))
+    results: dict[int, SendResult] = {}
+    conns = 0
+    for res, n in pool.map(lambda item: _send_group(settings_cache[item[0]], item[1]), groups.items()):
+        results.update(res)
+        conns += n
+    return results, conns
+
+
+def _record_results(rows: Sequence[OutboxMessage], results: dict[int, SendResult], worker_id: str,
+                    report: SendReport) -> None:
+    now = timezone.now()
+    events: list[tuple[int, str, dict[str, Any]]] = []
+    sent_by_mailbox: dict[int, list[OutboxMessage]] = defaultdict(list)
+    plain_sent: list[int] = []  # accepted for everyone, no details: one UPDATE for all of them
+    with transaction.atomic():
+        for row in rows:
+            res = results.get(row.pk)
+            if res is None:
+                continue
+            payload = {"outbox_id": row.pk, "message_id": row.message_id, "mailbox_id": row.mailbox_id,
+                       "subject": row.subject, "to": row.to, "smtp_code": res.code, "smtp_text": res.text[:1000]}
+            if res.outcome == "sent":
+                report.sent += 1
+                if row.origin != OutboxMessage.Origin.RELAY_FORWARD:  # a forward to a personal address stays private
+                    sent_by_mailbox[row.mailbox_id].append(row)
+                events.append((row.team_id, Event.Kind.MESSAGE_SENT, payload))
+                if not res.refused and res.code == 250 and res.text == "accepted":
+                    plain_sent.append(row.pk)
+                    continue
+            fields: dict[str, Any] = {
+                "last_smtp_code": res.code, "last_smtp_text": res.text[:4000], "last_error_kind": res.kind,
+                "recipient_results": {a: {"code": c, "text": t} for a, (c, t) in res.refused.items()},
+                "lease_owner": "", "lease_expires_at": None, "updated_at": now,
+            }
+            if res.outcome == "sent":
+                fields.update(state=OutboxMessage.State.SENT, sent_at=now)
+            elif res.outcome == "retry" and row.attempts < row.max_attempts:
+                fields.update(state=OutboxMessage.State.RETRYING,
+                              next_attempt_at=now + timedelta(seconds=backoff_seconds(row.attempts, base=retry_base_seconds())))
+                report.retrying += 1
+            else:
+                fields.update(state=OutboxMessage.State.FAILED, failed_at=now)
+                report.failed += 1
+                events.append((row.team_id, Event.Kind.MESSAGE_FAILED, payload))
+            # Only the lease holder may record (a row re-leased elsewhere after a stall is not ours).
+            OutboxMessage.objects.filter(pk=row.pk, lease_owner=worker_id, state=OutboxMessage.State.SENDING).update(**fields)
+        for i in range(0, len(plain_sent), 500):
+            OutboxMessage.objects.filter(
+                pk__in=plain_sent[i : i + 500], lease_owner=worker_id, state=OutboxMessage.State.SENDING
+            ).update(state=OutboxMessage.State.SENT, sent_at=now, last_smtp_code=250, last_smtp_text="accepted",
+                     last_error_kind="", recipient_results={}, lease_owner="", lease_expires_at=None, updated_at=now)
+        for group in sent_by_mailbox.values():
+            mb = group[0].mailbox
+            stored = store_batch(
+                team_id=mb.team_id, kind="outbox", mailbox=mb, direction=Message.Direction.OUTGOING,
+                items=[IncomingRaw(raw=r.sent_copy(), key=f"outbox:{r.pk}", internal_date=now) for r in group],
+            )
+            for r, msg_pk in zip(group, stored.message_pks, strict=True):
+                r.stored_message_id = msg_pk
+            OutboxMessage.objects.bulk_update(group, ["stored_message_id"], batch_size=500)
+        events_record(events)
+    if sent_by_mailbox:
+        transaction.on_commit(wake_outbox)
+
+
+def outbox_append_due(*, limit: int = 200) -> int:
+    """APPEND sent messages to their mailbox's Sent folder (guarded). Returns how many were filed."""
+    rows = list(
+        OutboxMessage.objects.filter(state=OutboxMessage.State.SENT, append_required=True,
+                                     appended_to_sent_at__isnull=True, append_attempts__lt=10)
+        .select_related("mailbox").order_by("id")[:limit]
+    )
+    groups: dict[int, list[OutboxMessage]] = defaultdict(list)
+    for row in rows:
+        groups[row.mailbox_id].append(row)
+    done = 0
+    for group in groups.values():
+        mb = group[0].mailbox
+        if mb.provider_saves_sent:
+            OutboxMessage.objects.filter(id__in=[r.pk for r in group]).update(append_required=False)
+            continue
+        folder = Folder.objects.filter(mailbox=mb, role=Folder.Role.SENT).values_list("raw_name", flat=True).first()
+        results = append_guarded(
+            imap_settings_for_mailbox(mb), folder,
+            [AppendItem(r.pk, r.message_id, r.sent_copy(), r.sent_at) for r in group],
+        )
+        now = timezone.now()
+        with transaction.atomic():
+            for res in results:
+                if res.ok:
+                    OutboxMessage.objects.filter(pk=res.key).update(appended_to_sent_at=now, append_error="")
+                    done += 1
+                else:
+                    OutboxMessage.objects.filter(pk=res.key).update(
+                        append_attempts=F("append_attempts") + 1, append_error=res.error[:2000])
+    return done
+
+
+def outbox_retry(*, outbox: OutboxMessage) -> OutboxMessage:
+    with transaction.atomic():
+        n = OutboxMessage.objects.filter(
+            pk=outbox.pk, state__in=[OutboxMessage.State.FAILED, OutboxMessage.State.RETRYING]
+        ).update(state=OutboxMessage.State.QUEUED, next_attempt_at=timezone.now(), attempts=0, failed_at=None)
+        if not n:
+            raise Conflict(f"outbox message {outbox.pk} is {outbox.state}: only failed or retrying messages can be retried")
+        transaction.on_commit(wake_outbox)
+    outbox.refresh_from_db()
+    return outbox
+
+
+def outbox_cancel(*, outbox: OutboxMessage) -> OutboxMessage:
+    with transaction.atomic():
+        n = OutboxMessage.objects.filter(
+            pk=outbox.pk, state__in=[OutboxMessage.State.QUEUED, OutboxMessage.State.RETRYING,
+                                     OutboxMessage.State.FAILED]
+        ).update(state=OutboxMessage.State.CANCELLED, cancelled_at=timezone.now())
+        if not n:
+            raise Conflict(f"outbox message {outbox.pk} is {outbox.state}: it can no longer be cancelled")
+    outbox.refresh_from_db()
+    return outbox
+
+
+def addresses_of(values: Sequence[str]) -> list[str]:
+    return [a.lower() for _, a in getaddresses(list(values)) if a]
+
+
+def personal_addresses(user: Any) -> set[str]:
+    addrs = {a.lower() for a in PersonalAddress.objects.filter(user=user).values_list("address", flat=True)}
+    if getattr(user, "email", ""):
+        addrs.add(user.email.lower())
+    return addrs

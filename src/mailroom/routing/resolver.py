@@ -1,0 +1,148 @@
+"""The thread resolver: weighs every piece of evidence instead of taking the first match.
+
+``resolve(msg, candidates) -> RoutingDecision``. Header rules (our signed Message-IDs, relay tokens,
+In-Reply-To, the whole References chain, Gmail/Outlook conversation ids, references seen from the other
+side) each vote for a thread with a weight; the thread with the highest score wins (ties: the oldest
+thread). Without header evidence, a reply-looking message may join a thread with the same normalised
+subject and shared participants inside a time window. A forward starts a new thread unless it
+references one of our own Message-IDs. A sender who is neither a participant of the chosen thread nor
+authenticated gets a thread of his own, flagged ``unverified`` with the thread it claims.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from mailroom.routing.rules import (
+    HEADER_RULES,
+    STRONG_RULES,
+    Candidates,
+    RoutingInput,
+    RuleHit,
+    sender_verified,
+    subject_fallback,
+)
+from mailroom.routing.subjects import is_forward, normalize_subject
+
+FLAG_UNVERIFIED = "unverified"
+FLAG_FORWARD = "forward"
+FLAG_AUTO_REPLY = "auto_reply"
+FLAG_BULK = "bulk"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingDecision:
+    thread_id: int | None  # an existing thread; None: start a new thread
+    rules: tuple[RuleHit, ...]
+    flags: tuple[str, ...] = ()
+    claimed_thread_id: int | None = None  # unverified: the thread the headers point into
+    normalized_subject: str = ""
+    # Threads made of replies to this message that arrived before it: they join the chosen thread.
+    merge_thread_ids: tuple[int, ...] = ()
+
+    @property
+    def new_thread(self) -> bool:
+        return self.thread_id is None
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "thread": self.thread_id,
+            "new_thread": self.new_thread,
+            "rules": [h.as_json() for h in self.rules],
+            "flags": list(self.flags),
+        }
+        if self.claimed_thread_id is not None:
+            data["claimed_thread"] = self.claimed_thread_id
+        if self.merge_thread_ids:
+            data["merged_threads"] = list(self.merge_thread_ids)
+        return data
+
+
+def _score(hits: list[RuleHit]) -> dict[int, float]:
+    by_thread: dict[int, list[RuleHit]] = defaultdict(list)
+    for h in hits:
+        if h.thread_id is not None:
+            by_thread[h.thread_id].append(h)
+    # The strongest hit decides; each further distinct rule adds a little corroboration.
+    return {
+        t: max(h.weight for h in hs) + 0.5 * (len({h.rule for h in hs}) - 1) for t, hs in by_thread.items()
+    }
+
+
+def resolve(msg: RoutingInput, cand: Candidates) -> RoutingDecision:
+    norm = normalize_subject(msg.subject)
+    flags: list[str] = []
+    if msg.is_auto_reply:
+        flags.append(FLAG_AUTO_REPLY)
+    if msg.is_bulk:
+        flags.append(FLAG_BULK)
+
+    if cand.override_thread is not None:
+        hit = RuleHit(
+            "user_placed",
+            f"a user put this message into thread {cand.override_thread}",
+            cand.override_thread,
+            1000,
+        )
+        return RoutingDecision(cand.override_thread, (hit,), tuple(flags), None, norm)
+
+    hits: list[RuleHit] = []
+    for rule in HEADER_RULES:
+        hits.extend(rule(msg, cand))
+
+    forward = is_forward(msg.subject)
+    if forward:
+        flags.append(FLAG_FORWARD)
+        if not any(h.rule in STRONG_RULES for h in hits):
+            ignored = sorted({h.thread_id for h in hits if h.thread_id is not None})
+            reason = "a forward starts a new thread unless it references one of our Message-IDs"
+            if ignored:
+                reason += f" (header evidence for thread(s) {', '.join(map(str, ignored))} ignored)"
+            return RoutingDecision(
+                None, (RuleHit("forward_new_thread", reason), *hits), tuple(flags), None, norm
+            )
+
+    scores = _score(hits)
+    if not scores:
+        fallback = subject_fallback(msg, cand)
+        if fallback is not None:
+            return RoutingDecision(fallback.thread_id, (fallback,), tuple(flags), None, norm)
+        return RoutingDecision(
+            None, (RuleHit("new_thread", "no evidence of an existing thread"),), tuple(flags), None, norm
+        )
+
+    best = min(scores, key=lambda t: (-scores[t], t))
+    rules: list[RuleHit] = sorted(hits, key=lambda h: (h.thread_id != best, -h.weight))
+    others = sorted(t for t in scores if t != best)
+    if others:
+        rules.append(
+            RuleHit(
+                "conflicting_evidence",
+                f"weaker evidence for thread(s) {', '.join(map(str, others))} outweighed",
+            )
+        )
+    ok, why = sender_verified(msg, cand.threads.get(best))
+    if not ok:
+        flags.append(FLAG_UNVERIFIED)
+        rules.insert(0, RuleHit("unverified_sender", f"claims to reply to thread {best}, but {why}"))
+        return RoutingDecision(None, tuple(rules), tuple(flags), best, norm)
+    rules.append(RuleHit("sender_verified", why))
+    # Replies that arrived before this message started threads of their own: this message bridges them.
+    merge: list[int] = []
+    for h in hits:
+        if h.rule == "referenced_by_thread" and h.thread_id is not None and h.thread_id != best:
+            ok_other, why_other = sender_verified(msg, cand.threads.get(h.thread_id))
+            if ok_other and h.thread_id not in merge:
+                merge.append(h.thread_id)
+                rules.append(
+                    RuleHit(
+                        "bridge_merge",
+                        f"thread {h.thread_id} holds replies to this message: "
+                        f"merged into thread {best} ({why_other})",
+                        h.thread_id,
+                        h.weight,
+                    )
+                )
+    return RoutingDecision(best, tuple(rules), tuple(flags), None, norm, tuple(merge))

@@ -1,0 +1,206 @@
+"""Pure routing rules: subjects, Thread-Index, addresses, the resolver's weighing, linking rules."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from mailroom.routing.addresses import canonical_address, is_automated_address, is_freemail
+from mailroom.routing.linkrules import (
+    ContactContext,
+    DealInput,
+    ParticipantIn,
+    choose_deal,
+    company_domain,
+    plan_contacts,
+    strongest_policy,
+)
+from mailroom.routing.resolver import resolve
+from mailroom.routing.rules import AuthVerdict, Candidates, RoutingInput, ThreadInfo
+from mailroom.routing.subjects import is_forward, normalize_subject
+from mailroom.routing.threadindex import conversation_id, depth
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("subject", "norm", "forward"),
+    [
+        ("Re: Hello", "hello", False),
+        ("RE[2]: Hello", "hello", False),
+        ("Re(3): Re: hello ", "hello", False),
+        ("Fwd: Hello", "hello", True),
+        ("FW: Hello", "hello", True),
+        ("AW: WG: Hello", "hello", False),
+        ("WG: Hello", "hello", True),
+        ("Отв: Счёт №5", "счёт №5", False),
+        ("Ответ: Re: Счёт", "счёт", False),
+        ("Пересл: Договор", "договор", True),
+        ("[list] Re: Topic (fwd)", "topic", False),
+        ("Ad: Re: x", "ad: re: x", False),
+        ("", "", False),
+    ],
+)
+def test_subjects(subject: str, norm: str, forward: bool) -> None:
+    assert (normalize_subject(subject), is_forward(subject)) == (norm, forward)
+
+
+def test_thread_index_conversation_id() -> None:
+    head = bytes(range(22))
+    starter = base64.b64encode(head).decode()
+    reply = base64.b64encode(head + b"\x01\x02\x03\x04\x05").decode()
+    assert conversation_id(starter) == conversation_id(reply) == head.hex()
+    assert (depth(starter), depth(reply)) == (0, 1)
+    assert conversation_id("not base64!") == ""
+    assert conversation_id(base64.b64encode(b"short").decode()) == ""
+
+
+@pytest.mark.parametrize(
+    ("address", "canonical"),
+    [
+        ("John.Smith+crm@GMail.com", "johnsmith@gmail.com"),
+        ("j.ohn.smith@googlemail.com", "johnsmith@gmail.com"),
+        ("ivan.petrov+x@ya.ru", "ivan-petrov@yandex.ru"),
+        ("anna+tag@outlook.com", "anna@outlook.com"),
+        ("a.b+tag@company.test", "a.b+tag@company.test"),
+    ],
+)
+def test_canonical_address(address: str, canonical: str) -> None:
+    assert canonical_address(address) == canonical
+
+
+def test_freemail_and_automated() -> None:
+    assert [
+        is_freemail(d)
+        for d in (
+            "gmail.com",
+            "yandex.ru",
+            "ya.ru",
+            "mail.ru",
+            "bk.ru",
+            "list.ru",
+            "inbox.ru",
+            "rambler.ru",
+            "outlook.com",
+            "hotmail.com",
+            "icloud.com",
+            "acme.test",
+        )
+    ] == [True] * 11 + [False]
+    assert [
+        is_automated_address(a)
+        for a in (
+            "noreply@x.test",
+            "no-reply@x.test",
+            "mailer-daemon@x.test",
+            "bounces+1@x.test",
+            "anna@x.test",
+        )
+    ] == [True, True, True, True, False]
+
+
+def _msg(**kw: object) -> RoutingInput:
+    base: dict[str, object] = {
+        "message_id": "new@x.test",
+        "subject": "Re: Hi",
+        "from_address": "anna@client.test",
+        "date": T0,
+    }
+    base.update(kw)
+    return RoutingInput(**base)  # type: ignore[arg-type]
+
+
+def _info(t: int, *people: str) -> ThreadInfo:
+    return ThreadInfo(t, frozenset(people), T0, "hi")
+
+
+def test_in_reply_to_outweighs_older_references() -> None:
+    cand = Candidates(
+        threads={1: _info(1, "anna@client.test"), 2: _info(2, "anna@client.test")},
+        by_message_id={"old@x": 1, "parent@x": 2},
+    )
+    d = resolve(_msg(in_reply_to=("parent@x",), references=("old@x", "parent@x")), cand)
+    assert d.thread_id == 2
+    assert [h.rule for h in d.rules] == [
+        "in_reply_to_known",
+        "references_known",
+        "references_known",
+        "conflicting_evidence",
+        "sender_verified",
+    ]
+
+
+def test_spoof_needs_participant_or_authentication() -> None:
+    cand = Candidates(threads={1: _info(1, "anna@client.test")}, by_message_id={"p@x": 1})
+    spoof = resolve(_msg(from_address="ceo@client.test", in_reply_to=("p@x",)), cand)
+    assert (spoof.thread_id, spoof.claimed_thread_id, spoof.flags) == (None, 1, ("unverified",))
+    authed = resolve(
+        _msg(
+            from_address="ceo@client.test",
+            in_reply_to=("p@x",),
+            auth=AuthVerdict(dkim="pass", dkim_domains=("client.test",)),
+        ),
+        cand,
+    )
+    assert authed.thread_id == 1
+    unaligned = resolve(
+        _msg(
+            from_address="ceo@client.test",
+            in_reply_to=("p@x",),
+            auth=AuthVerdict(dkim="pass", dkim_domains=("evil.test",)),
+        ),
+        cand,
+    )
+    assert unaligned.thread_id is None
+    outgoing = resolve(_msg(from_address="me@company.test", direction="outgoing", in_reply_to=("p@x",)), cand)
+    assert outgoing.thread_id == 1
+
+
+def test_forward_new_thread_unless_own_message_id() -> None:
+    cand = Candidates(
+        threads={1: _info(1, "anna@client.test")}, by_message_id={"p@x": 1}, own_message_ids={"mr.ours@x": 1}
+    )
+    assert resolve(_msg(subject="Fwd: Hi", in_reply_to=("p@x",)), cand).thread_id is None
+    assert resolve(_msg(subject="Fwd: Hi", references=("mr.ours@x",)), cand).thread_id == 1
+
+
+def test_subject_fallback_window_and_participants() -> None:
+    cand = Candidates(threads={1: _info(1, "anna@client.test")}, by_subject=(1,))
+    assert resolve(_msg(), cand).thread_id == 1
+    assert resolve(_msg(date=T0 + timedelta(days=31)), cand).thread_id is None
+    assert resolve(_msg(from_address="bob@client.test"), cand).thread_id is None
+    assert resolve(_msg(subject="Hi"), cand).thread_id is None  # not a reply
+
+
+def test_user_placement_wins() -> None:
+    cand = Candidates(threads={1: _info(1)}, by_message_id={"p@x": 1}, override_thread=7)
+    assert resolve(_msg(in_reply_to=("p@x",)), cand).thread_id == 7
+
+
+def test_contact_plan_by_policy() -> None:
+    people = [
+        ParticipantIn("from", "anna@client.test", "Anna"),
+        ParticipantIn("to", "me@company.test"),
+        ParticipantIn("cc", "bob@client.test"),
+    ]
+    ctx = ContactContext(policy="senders", direction="incoming", own_addresses=frozenset({"me@company.test"}))
+    assert [c.canonical for c in plan_contacts(people, frozenset(), ctx).create] == ["anna@client.test"]
+    ctx_all = ContactContext(policy="all", direction="incoming", own_addresses=frozenset({"me@company.test"}))
+    plan = plan_contacts(people, frozenset(), ctx_all)
+    assert [c.canonical for c in plan.create] == ["anna@client.test", "bob@client.test"]
+    assert [h.rule for h in plan.skipped] == ["own_address"]
+    bulk = ContactContext(policy="all", direction="incoming", is_bulk=True)
+    assert [h.rule for h in plan_contacts(people[:1], frozenset(), bulk).skipped] == ["mailing_list"]
+    assert strongest_policy(["none", "all", "senders"]) == "all"
+    assert company_domain("pat@gmail.com") == (None, "gmail.com is a free-mail domain: no company")
+
+
+def test_choose_deal() -> None:
+    assert choose_deal(DealInput(thread_deal=5, thread_deal_source="user")).deal_id == 5
+    assert choose_deal(DealInput(None, "", contact_open_deals={1: (9,)})).deal_id == 9
+    amb = choose_deal(DealInput(None, "", contact_open_deals={1: (9,), 2: (8,)}))
+    assert (amb.deal_id, amb.candidates, amb.hit.rule) == (None, (8, 9), "deal_ambiguous")
+    assert choose_deal(DealInput(None, "", company_open_deals={3: (4,)})).deal_id == 4
+    assert choose_deal(DealInput(None, "")).hit.rule == "no_open_deal"
