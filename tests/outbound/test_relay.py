@@ -52,7 +52,7 @@ def test_token_address_case_folding_and_forgery(db: Any, relay_on: None, sink_ma
     assert f"Reply-To: Acme Sales <{addr}>".encode() in bytes(row.raw)
     assert parse_relay_recipient(addr.upper()) == row.relay_token.token_id
     token = row.relay_token.token
-    forged = token[:-1] + ("a" if token[-1] != "a" else "b")
+    forged = token[:10] + ("a" if token[10] != "a" else "b") + token[11:]  # a data character, not padding bits
     assert parse_relay_recipient(f"reply+{forged}@{RELAY}") is None
     assert parse_relay_recipient(f"reply+{token}@other.test") is None
     assert len(token) >= 26  # >= 128 bits
