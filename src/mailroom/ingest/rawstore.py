@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from mailroom.conversations.models import Message, MessageRaw, Source
 from mailroom.mailboxes.models import Folder, Mailbox
-from mailroom.parsing.headers import HeaderSummary, summarize_headers
+from mailroom.parsing.headers import summarize_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +46,11 @@ def message_id_hash(message_id: str) -> str:
     return hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _direction(summary: HeaderSummary, mailbox: Mailbox | None, folder: Folder | None) -> str:
+def _direction(folder: Folder | None) -> str:
+    """Outgoing only on evidence we trust: the copy sits in the mailbox's Sent folder (or the caller,
+    e.g. our outbox, says so). A From header naming our own address proves nothing: anyone can
+    write it; linking may still decide "outgoing" when the sender is authenticated."""
     if folder is not None and folder.role == Folder.Role.SENT:
-        return Message.Direction.OUTGOING
-    if mailbox is not None and summary.from_ and summary.from_[0].address == mailbox.email.lower():
         return Message.Direction.OUTGOING
     return Message.Direction.INCOMING
 
@@ -70,6 +71,8 @@ def store_batch(
     now = timezone.now()
     summaries = [summarize_headers(item.raw) for item in items]
     idents = [(message_id_hash(s.message_id), s.content_hash) for s in summaries]
+
+    batch_direction = direction or _direction(folder)
 
     with transaction.atomic():
         # Which sources do we hold already? (A retried batch after a crash, or a concurrent worker.)
@@ -110,7 +113,7 @@ def store_batch(
                 received_at=now,
                 in_reply_to=list(summary.in_reply_to),
                 references=list(summary.references),
-                direction=direction or _direction(summary, mailbox, folder),
+                direction=batch_direction,
             )
             to_create[ident] = (msg, item.raw)
 
@@ -129,6 +132,12 @@ def store_batch(
             )
             existing.update(created_ids)
             result.new_messages = len(created_ids)
+
+        if batch_direction == Message.Direction.OUTGOING and existing:
+            # A message we first saw arriving (a colleague's INBOX) turns out to be ours (our Sent).
+            Message.objects.filter(
+                pk__in=[existing[i] for i in idents if i in existing], direction=Message.Direction.INCOMING
+            ).update(direction=Message.Direction.OUTGOING)
 
         sources: list[Source] = []
         for item, ident in zip(items, idents, strict=True):
