@@ -97,7 +97,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         {
             "init_command": (
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; "
-                "PRAGMA busy_timeout=30000; PRAGMA cache_size=-65536;"
+                "PRAGMA busy_timeout=30000; PRAGMA cache_size=-16384;"
             ),
             "transaction_mode": "IMMEDIATE",
             "timeout": 30,

@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from mailroom.conversations.models import Message, MessageRaw, Source
 from mailroom.mailboxes.models import Folder, Mailbox
-from mailroom.parsing.headers import summarize_headers
+from mailroom.parsing.headers import HeaderSummary, summarize_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,7 @@ class IncomingRaw:
     uid: int | None = None
     internal_date: datetime | None = None
     key: str | None = None  # natural identity of a non-IMAP source
+    summary: HeaderSummary | None = None  # precomputed (e.g. by the IMAP prefetch thread)
 
 
 @dataclass(slots=True)
@@ -55,6 +56,24 @@ def _direction(folder: Folder | None) -> str:
     return Message.Direction.INCOMING
 
 
+def _insert_raws(rows: list[tuple[int, bytes]]) -> None:
+    """Insert raw bytes with ONE fixed statement, row by row (executemany).
+
+    Not bulk_create: a multi-row INSERT has a different SQL text for every batch size, and the
+    database driver caches each prepared statement together with its bound parameters, so every
+    cached statement would keep a batch's worth of message bytes alive (hundreds of MB)."""
+    if not rows:
+        return
+    table = connection.ops.quote_name(MessageRaw._meta.db_table)
+    sql = f"INSERT INTO {table} (message_id, data) VALUES (%s, %s)"  # noqa: S608 - fixed identifiers
+    if connection.vendor == "postgresql":
+        sql += " ON CONFLICT DO NOTHING"
+    elif connection.vendor == "sqlite":
+        sql = sql.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
+    with connection.cursor() as cur:
+        cur.executemany(sql, rows)
+
+
 def store_batch(
     *,
     team_id: int,
@@ -69,7 +88,7 @@ def store_batch(
     if not items:
         return result
     now = timezone.now()
-    summaries = [summarize_headers(item.raw) for item in items]
+    summaries = [item.summary or summarize_headers(item.raw) for item in items]
     idents = [(message_id_hash(s.message_id), s.content_hash) for s in summaries]
 
     batch_direction = direction or _direction(folder)
@@ -126,10 +145,7 @@ def store_batch(
                 ).values_list("id", "message_id_hash", "content_hash")
                 if (mh, ch) in to_create
             }
-            MessageRaw.objects.bulk_create(
-                [MessageRaw(message_id=created_ids[k], data=raw) for k, (_, raw) in to_create.items()],
-                ignore_conflicts=True,
-            )
+            _insert_raws([(created_ids[k], raw) for k, (_, raw) in to_create.items()])
             existing.update(created_ids)
             result.new_messages = len(created_ids)
 

@@ -5,12 +5,14 @@ network and the database; decisions come from :mod:`plan`."""
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.db import close_old_connections, transaction
 from django.db.models import F
@@ -23,6 +25,7 @@ from mailroom.ingest.models import ImportFailure
 from mailroom.ingest.rawstore import IncomingRaw, store_batch
 from mailroom.mailboxes.connect import ImapError, imap_settings
 from mailroom.mailboxes.models import Folder, Mailbox
+from mailroom.parsing.headers import summarize_headers
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +80,12 @@ def folders_refresh(session: ImapSession, mailbox: Mailbox) -> list[Folder]:
     return out
 
 
-def _store(mailbox: Mailbox, folder: Folder, fetched: list[Fetched], cursor_update: dict[str, object]) -> tuple[int, int]:
+def _store(mailbox: Mailbox, folder: Folder, items: list[IncomingRaw], cursor_update: dict[str, object]) -> tuple[int, int]:
     """Store a batch and move the cursor in ONE transaction: nothing acknowledged before durable."""
     with transaction.atomic():
         res = store_batch(
             team_id=mailbox.team_id,
-            items=[IncomingRaw(raw=f.raw, uid=f.uid, internal_date=f.internal_date) for f in fetched],
+            items=items,
             kind=Source.Kind.IMAP,
             mailbox=mailbox,
             folder=folder,
@@ -132,6 +135,65 @@ def _retry_blockers(folder: Folder) -> set[int]:
     )
 
 
+class _Prefetcher:
+    """Fetches the next batch from the server while the current one is being committed, so network,
+    IMAP parsing and the database's fsync overlap (two batches in memory at most)."""
+
+    _DONE = object()
+
+    def __init__(self, session: ImapSession, folder: Folder, uids: list[int]) -> None:
+        self.session, self.folder, self.uids = session, folder, uids
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="imap-prefetch", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for start in range(0, len(self.uids), SIZE_WINDOW):
+                window = self.uids[start : start + SIZE_WINDOW]
+                sizes = self.session.sizes(window)
+                for batch in batches(window, sizes, max_count=MAX_BATCH_COUNT, max_bytes=MAX_BATCH_BYTES):
+                    if self.stop.is_set():
+                        return
+                    fetched, failed = _fetch_resilient(self.session, self.folder, batch)
+                    # Header summaries (and the content hash, which releases the GIL) are computed
+                    # here, in parallel with the previous batch's database commit.
+                    items = [
+                        IncomingRaw(raw=f.raw, uid=f.uid, internal_date=f.internal_date, summary=summarize_headers(f.raw))
+                        for f in fetched
+                    ]
+                    del fetched
+                    self._put((batch, items, failed))
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+        finally:
+            self._put(self._DONE)
+            close_old_connections()
+
+    def _put(self, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[tuple[list[int], list[IncomingRaw], list[int]]]:
+        while True:
+            item = self.queue.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop and wait: the session must not be used by two threads."""
+        self.stop.set()
+        self.thread.join()
+
+
 def _import_uids(
     session: ImapSession,
     mailbox: Mailbox,
@@ -145,11 +207,11 @@ def _import_uids(
 ) -> bool:
     """Import ``uids`` (already ordered) in bounded batches, moving the cursor after each commit.
     Returns False when stopped early by ``deadline`` (the rest is picked up next time)."""
-    for start in range(0, len(uids), SIZE_WINDOW):
-        window = uids[start : start + SIZE_WINDOW]
-        sizes = session.sizes(window)
-        for batch in batches(window, sizes, max_count=MAX_BATCH_COUNT, max_bytes=MAX_BATCH_BYTES):
-            fetched, failed = _fetch_resilient(session, folder, batch)
+    if not uids:
+        return True
+    prefetch = _Prefetcher(session, folder, uids)
+    try:
+        for batch, fetched, failed in prefetch:  # fetched: IncomingRaw with summaries
             blockers = _retry_blockers(folder) & set(failed)
             if ascending:
                 # The cursor may pass a failed UID only once it is quarantined.
@@ -166,6 +228,7 @@ def _import_uids(
                 ok = [f for f in fetched if stop_at is None or f.uid > stop_at]
                 low = (stop_at + 1) if stop_at is not None else min(batch)
                 new_src, new_msgs = _store(mailbox, folder, ok, {"backfill_low_uid": low})
+            del fetched, ok
             result.stored += new_src
             result.new_messages += new_msgs
             result.failed_uids.extend(failed)
@@ -175,6 +238,8 @@ def _import_uids(
                 return False
             if deadline is not None and time.monotonic() > deadline:
                 return False
+    finally:
+        prefetch.close()
     return True
 
 
