@@ -187,3 +187,19 @@ def test_connection_errors_are_clear(mail_user: Any, change: dict[str, Any], kin
     assert mb.health == (Mailbox.Health.AUTH_FAILED if kind == "auth" else Mailbox.Health.ERROR)
     assert fragment in mb.last_error
     assert mb.next_attempt_at is not None
+
+
+def test_new_mail_records_events_once(mail_user: Any) -> None:
+    from mailroom.events.models import Event
+
+    user = mail_user()
+    user.dovecot.deliver_many(user.email, [make_mail(i) for i in range(3)])
+    user.dovecot.deliver(user.email, make_mail(50, sender=user.email, to="c@client.test"), "Sent")
+    mb = mailbox_for(user)
+    mailbox_sync_once(mb)
+    mailbox_sync_once(mb)
+    events = list(Event.objects.order_by("id").values_list("kind", "payload"))
+    assert sorted(k for k, _ in events) == ["message.received"] * 3 + ["message.sent"]
+    assert {p["via"] for _, p in events} == {"imap", "mail client"}
+    assert {p["message"] for _, p in events} == set(Message.objects.values_list("pk", flat=True))
+    assert all(p["mailbox_id"] == mb.pk for _, p in events)

@@ -69,8 +69,11 @@ def _parsed_fields(message: Message, parsed: ParsedMessage) -> None:
     message.auth = _as_dict(parsed.auth)
     message.parse_errors = list(parsed.errors)
     message.has_attachments = any(not a.inline for a in parsed.attachments)
+    previous = message.routing_headers or {}
     message.routing_headers = {
-        **_as_dict(parsed.routing),
+        # What the import path knew (e.g. Gmail's X-GM-THRID from FETCH) survives the parse.
+        **{k: v for k, v in previous.items() if v},
+        **{k: v for k, v in _as_dict(parsed.routing).items() if v or k not in previous},
         "auto_reply_reason": parsed.auto_reply_reason,
         "bulk_reason": parsed.bulk_reason,
         "has_remote_images": parsed.has_remote_images,

@@ -33,6 +33,7 @@ class IncomingRaw:
     internal_date: datetime | None = None
     key: str | None = None  # natural identity of a non-IMAP source
     summary: HeaderSummary | None = None  # precomputed (e.g. by the IMAP prefetch thread)
+    gm_thread_id: str = ""  # provider thread id from the IMAP server (Gmail X-GM-THRID)
 
 
 @dataclass(slots=True)
@@ -72,6 +73,28 @@ def _insert_raws(rows: list[tuple[int, bytes]]) -> None:
         sql = sql.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
     with connection.cursor() as cur:
         cur.executemany(sql, rows)
+
+
+def _record_new_mail_events(team_id: int, mailbox: Mailbox | None, created: list[tuple[int, Message]]) -> None:
+    """Webhook events in the same transaction: a message received, or sent from the manager's own
+    mail client (a new message in Sent; mail sent from Mailroom is recorded by the outbox)."""
+    from mailroom.events.models import Event
+
+    Event.objects.bulk_create(
+        [
+            Event(
+                team_id=team_id,
+                kind=Event.Kind.MESSAGE_RECEIVED if m.direction == Message.Direction.INCOMING else Event.Kind.MESSAGE_SENT,
+                payload={
+                    "message": pk,
+                    "message_id": m.message_id,
+                    "mailbox_id": mailbox.pk if mailbox else None,
+                    "via": "imap" if m.direction == Message.Direction.INCOMING else "mail client",
+                },
+            )
+            for pk, m in created
+        ]
+    )
 
 
 def store_batch(
@@ -133,6 +156,7 @@ def store_batch(
                 in_reply_to=list(summary.in_reply_to),
                 references=list(summary.references),
                 direction=batch_direction,
+                routing_headers={"gm_thread_id": item.gm_thread_id} if item.gm_thread_id else {},
             )
             to_create[ident] = (msg, item.raw)
 
@@ -148,6 +172,8 @@ def store_batch(
             _insert_raws([(created_ids[k], raw) for k, (_, raw) in to_create.items()])
             existing.update(created_ids)
             result.new_messages = len(created_ids)
+            if kind == Source.Kind.IMAP:
+                _record_new_mail_events(team_id, mailbox, [(created_ids[k], m) for k, (m, _) in to_create.items()])
 
         if batch_direction == Message.Direction.OUTGOING and existing:
             # A message we first saw arriving (a colleague's INBOX) turns out to be ours (our Sent).

@@ -47,6 +47,7 @@ class Fetched:
     uid: int
     raw: bytes
     internal_date: datetime | None
+    gm_thread_id: str = ""  # Gmail's X-GM-THRID, when the server has X-GM-EXT-1
 
 
 SPECIAL_USE = {
@@ -62,6 +63,7 @@ FALLBACK_NAMES = {"sent": "sent", "sent items": "sent", "sent messages": "sent",
 
 _FETCH_UID = re.compile(rb"UID (\d+)")
 _FETCH_DATE = re.compile(rb'INTERNALDATE "([^"]+)"')
+_FETCH_GM_THRID = re.compile(rb"X-GM-THRID (\d+)")
 _FETCH_SIZE = re.compile(rb"\(.*?UID (\d+).*?RFC822\.SIZE (\d+)|\(.*?RFC822\.SIZE (\d+).*?UID (\d+)")
 
 
@@ -272,7 +274,8 @@ class ImapSession:
         """Fetch whole messages (BODY.PEEK[]: never sets \\Seen) with the fast imaplib path."""
         if not uids:
             return []
-        typ, data = self.imap.uid("FETCH", compress_uids(uids), "(UID INTERNALDATE BODY.PEEK[])")
+        items = "(UID INTERNALDATE X-GM-THRID BODY.PEEK[])" if self.has("X-GM-EXT-1") else "(UID INTERNALDATE BODY.PEEK[])"
+        typ, data = self.imap.uid("FETCH", compress_uids(uids), items)
         if typ != "OK":
             raise ImapError("fetch", f"UID FETCH failed: {data!r}")
         return list(parse_fetch_response(data))
@@ -306,10 +309,12 @@ def parse_fetch_response(data: list[Any]) -> Iterator[Fetched]:
             m = _FETCH_UID.search(prefix) or _FETCH_UID.search(trailer)
             if m is not None:
                 d = _FETCH_DATE.search(prefix) or _FETCH_DATE.search(trailer)
+                g = _FETCH_GM_THRID.search(prefix) or _FETCH_GM_THRID.search(trailer)
                 yield Fetched(
                     uid=int(m.group(1)),
                     raw=literal,
                     internal_date=_parse_internaldate(d.group(1)) if d else None,
+                    gm_thread_id=g.group(1).decode() if g else "",
                 )
         i += 1
 

@@ -160,7 +160,10 @@ class _Prefetcher:
                     # Header summaries (and the content hash, which releases the GIL) are computed
                     # here, in parallel with the previous batch's database commit.
                     items = [
-                        IncomingRaw(raw=f.raw, uid=f.uid, internal_date=f.internal_date, summary=summarize_headers(f.raw))
+                        IncomingRaw(
+                            raw=f.raw, uid=f.uid, internal_date=f.internal_date, summary=summarize_headers(f.raw),
+                            gm_thread_id=f.gm_thread_id,
+                        )
                         for f in fetched
                     ]
                     del fetched

@@ -1,0 +1,65 @@
+"""The raw store: identities, sources and what the import path records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mailroom.conversations import pipeline
+from mailroom.conversations.models import Message, Source
+from mailroom.ingest.rawstore import IncomingRaw, store_batch
+from tests.factories import FolderFactory, MailboxFactory
+from tests.ingest.helpers import make_mail
+
+pytestmark = pytest.mark.django_db
+
+
+def test_batch_is_idempotent_and_dedupes_within_and_across_sources(team: Any) -> None:
+    mb = MailboxFactory(team=team)
+    inbox = FolderFactory(mailbox=mb)
+    raw = make_mail(1)
+    items = [IncomingRaw(raw=raw, uid=1), IncomingRaw(raw=make_mail(2), uid=2), IncomingRaw(raw=raw, uid=3)]
+    first = store_batch(team_id=team.pk, items=items, kind="imap", mailbox=mb, folder=inbox, uidvalidity=1)
+    assert (first.new_messages, first.new_sources, first.known_sources) == (2, 3, 0)
+    assert first.message_pks[0] == first.message_pks[2]
+    again = store_batch(team_id=team.pk, items=items, kind="imap", mailbox=mb, folder=inbox, uidvalidity=1)
+    assert (again.new_messages, again.new_sources, again.known_sources) == (0, 0, 3)
+    assert again.message_pks == first.message_pks
+    relay = store_batch(team_id=team.pk, items=[IncomingRaw(raw=raw, key="lmtp:x")], kind="lmtp")
+    assert (relay.new_messages, relay.new_sources) == (0, 1)
+    assert Message.objects.count() == 2
+    assert Source.objects.filter(message_id=first.message_pks[0]).count() == 3
+
+
+def test_same_message_id_with_other_content_is_another_message(team: Any) -> None:
+    a = make_mail(1, msgid="same@client.test", body="original")
+    b = make_mail(1, msgid="same@client.test", body="forged copy with other text")
+    store_batch(team_id=team.pk, items=[IncomingRaw(raw=a, key="k1"), IncomingRaw(raw=b, key="k2")], kind="lmtp")
+    assert Message.objects.filter(message_id="same@client.test").count() == 2
+
+
+def test_crlf_and_lf_copies_are_one_message(team: Any) -> None:
+    lf = make_mail(1)
+    crlf = lf.replace(b"\n", b"\r\n")
+    store_batch(team_id=team.pk, items=[IncomingRaw(raw=lf, key="a"), IncomingRaw(raw=crlf, key="b")], kind="lmtp")
+    assert Message.objects.count() == 1
+
+
+def test_gmail_thread_id_from_fetch_survives_parsing(team: Any) -> None:
+    res = store_batch(team_id=team.pk, items=[IncomingRaw(raw=make_mail(1), key="g", gm_thread_id="1734")], kind="lmtp")
+    assert Message.objects.get(pk=res.message_pks[0]).routing_headers == {"gm_thread_id": "1734"}
+    pipeline.parse_pending()
+    msg = Message.objects.get(pk=res.message_pks[0])
+    assert msg.state == Message.State.PARSED
+    assert msg.routing_headers["gm_thread_id"] == "1734"
+
+
+def test_sent_copy_turns_an_incoming_message_outgoing(team: Any) -> None:
+    mb = MailboxFactory(team=team)
+    sent = FolderFactory(mailbox=mb, name="Sent", role="sent")
+    raw = make_mail(1, sender=mb.email, to="client@client.test")
+    store_batch(team_id=team.pk, items=[IncomingRaw(raw=raw, key="colleague-inbox")], kind="lmtp")
+    assert Message.objects.get().direction == "incoming"  # a From header alone proves nothing
+    store_batch(team_id=team.pk, items=[IncomingRaw(raw=raw, uid=1)], kind="imap", mailbox=mb, folder=sent, uidvalidity=1)
+    assert Message.objects.get().direction == "outgoing"
