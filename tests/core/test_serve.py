@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 def _start(data: Path, port: int) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MAILROOM_ENCRYPTION_KEYS")}
     env["MAILROOM_DATA_DIR"] = str(data)
-    return subprocess.Popen(  # noqa: S603
+    return subprocess.Popen(
         [sys.executable, "-m", "mailroom.cli", "serve", "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -38,7 +38,7 @@ def test_first_start_and_key_missing(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:  # noqa: S310
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
                     assert json.loads(resp.read()) == {"status": "ok"}
                 break
             except OSError:

@@ -56,7 +56,7 @@ def test_mailbox_test_says_what_is_wrong_with_smtp(mail_user: Any, postfix: Any)
 class _TokenEndpoint(BaseHTTPRequestHandler):
     calls: list[dict[str, list[str]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"])).decode()
         form = parse_qs(body)
         type(self).calls.append(form)
