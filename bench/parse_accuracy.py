@@ -140,6 +140,22 @@ def php_autoresponders() -> tuple[Rate, Rate]:
     return bounce_not_auto, seen
 
 
+# imap-tools' expectations are imap_tools' own (legacy email.header) output; two of them are not what
+# the message says. Reviewed by hand; each correction says why.
+IMAP_TOOLS_CORRECTIONS = {
+    # imap_tools dropped the raw 8-bit bytes 0xE7/0xE3 it could not decode (its raw header keeps them
+    # as \udce7 \udce3). The message's From: is =?Windows-1252?...?=, where they are "ç" and "ã"
+    # (Portuguese "Formação", "Verão").
+    "messages/error_emails/invalid_subject_characters.eml": (
+        "Formação FrenetikPolis: Mega Campanha Final Verão | Cursos de Setembro"
+    ),
+    # "Re: TEST<fold>=?ISO-2022-JP?B?...?=": RFC 2047 section 6.2 ignores only the white space between
+    # two adjacent encoded words; "TEST" is plain text, so the space stays (email.policy.default
+    # agrees: "Re: TEST \tテストテスト"; the legacy email.header.decode_header drops it).
+    "messages/rfc2822/example14.eml": "Re: TEST テストテスト",
+}
+
+
 def charsets() -> Rate:
     rate = Rate("charset correctness (Cyrillic refs + imap-tools)")
     tb = CORPORA / "thunderbird-charsets"
@@ -172,9 +188,8 @@ def charsets() -> Rate:
         if "\\udc" in json.dumps(e["subject"]) or any("\udc80" <= c <= "\udcff" for c in e["subject"]):
             continue
         p = parse_message((it / e["file"]).read_bytes())
-        rate.add(
-            norm(p.subject) == norm(e["subject"]), f"{e['file']} subject {p.subject!r} != {e['subject']!r}"
-        )
+        want = IMAP_TOOLS_CORRECTIONS.get(e["file"], e["subject"])
+        rate.add(norm(p.subject) == norm(want), f"{e['file']} subject {p.subject!r} != {want!r}")
     return rate
 
 

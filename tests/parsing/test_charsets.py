@@ -109,3 +109,18 @@ def test_garbage_never_raises() -> None:
             decode_header_value(f"=?{rng.choice(labels)}?B?{base64.b64encode(data).decode()}?="), str
         )
     assert isinstance(decode_header_value("=?utf-8?Q?broken=ZZ?= =?nonsense?X?x?="), str)
+
+
+def test_raw_8bit_subject_uses_the_messages_other_charset() -> None:
+    from mailroom.parsing.mime import parse_message
+
+    raw = (
+        b'From: "=?Windows-1252?B?Rm9ybWHn428=?=" <info@example.com>\r\nTo: a@example.org\r\n'
+        b"Subject: Forma\xe7\xe3o final Ver\xe3o\r\n\r\nhi\r\n"
+    )
+    assert parse_message(raw).subject == "Formação final Verão"
+    # Without a hint Cyrillic raw subjects are still recognised.
+    assert (
+        decode_header_value("Привет мир".encode("cp1251").decode("utf-8", "surrogateescape"), "windows-1252")
+        == "Привет мир"
+    )

@@ -6,7 +6,10 @@ recipients are taken from the lines MTAs put them on (Exim, Postfix, qmail, Send
 Gmail, Yahoo, Yandex, Mail.ru, ...) before the copy of the original message. Each recipient gets a
 status code, an action, a reason (sisimai's vocabulary: userunknown, hostunknown, mailboxfull,
 expired, ...) and hard/soft: hard when retrying cannot help (unknown user/host, moved, a domain that
-does not accept mail), soft otherwise.
+does not accept mail), soft otherwise. As in sisimai, "unknown user" counts as userunknown only when
+it answered RCPT TO or came with an addressing status (X.1.1); the same words answering DATA, with a
+mailbox/policy status (X.2.x, X.7.x) or from an SMTP server at an unknown stage are a recipient-side
+filter (``filtered``, soft), e.g. Japanese carriers' "550 : User unknown".
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ class BounceInput:
     feedback_report: tuple[str, ...] = ()  # decoded message/feedback-report parts
     original_headers: tuple[str, ...] = ()  # text/rfc822-headers parts
     original_message_ids: tuple[str, ...] = field(default=())  # Message-IDs of attached message/rfc822
+    original_recipients: tuple[str, ...] = ()  # To: addresses of the attached original message
+    original_from: str = ""  # From: address of the attached message
+    original_text: str = ""  # text of the attached message (a bounce may wrap another bounce)
 
 
 # --- reasons ----------------------------------------------------------------------------------------
@@ -111,7 +117,7 @@ _REASON_PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ),
         (
             "notaccept",
-            r"does not accept (?:e-?)?mail|not accepting (?:e-?)?mail|null mx|\b5\.1\.10\b|\b556\b|no longer accepts? mail",
+            r"does not accept (?:e-?)?mail|not accepting (?:e-?)?mail|not accepting (?:network )?messages|null mx|\b5\.1\.10\b|\b556\b|no longer accepts? mail",
         ),
         (
             "userunknown",
@@ -122,12 +128,13 @@ _REASON_PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
             r"and other recipients in the same domain|"
             r"unknown or illegal alias|mailbox (?:is )?unavailable|mailbox not available|no mailbox|not our customer|"
             r"addressee unknown|undeliverable address|bad recipient|user not listed|recipient not found|unrecognized user|"
-            r"invalid address|address (?:is )?(?:invalid|unknown|rejected)|no such local user|user doesn'?t have .{0,20}account|"
+            r"invalid address|address (?:is )?(?:invalid|unknown)|no such local user|user doesn'?t have .{0,20}account|"
             r"mailbox .{0,40}(?:does not exist|not found|unknown)|doesn'?t have an? .{0,30} account|"
             r"the email account that you tried to reach does not exist|is not a valid mailbox|deactivated mailbox|"
             r"address couldn'?t be found|address could not be found|"
             r"recipient address rejected: (?:user unknown|access denied)|no valid recipients|unknown address|"
-            r"\b5\.1\.1\b|\b550[ -]5\.1\.1|\b5\.1\.0\b|\b4\.1\.1\b|#5\.1\.1|"
+            r">: recipient address rejected\.?\s*$|"
+            r"bad destination mailbox address|\b5\.1\.1\b|\b550[ -]5\.1\.1|\b5\.1\.0\b|\b4\.1\.1\b|#5\.1\.1|"
             r"нет такого пользователя|пользователь не найден|адрес не существует|неизвестный адрес|такого ящика нет",
         ),
         (
@@ -194,9 +201,13 @@ _OVERRIDES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(rx, re.I))
     for name, rx in (
         ("speeding", r"too many recipients this hour|sent too many|rate limit(?:ed)?|too many messages"),
-        ("filtered", r"refused due to recipient preferences|recipient preferences"),
+        ("hostunknown", r"the account or domain may not exist"),
+        ("networkerror", r"malformed or unexpected name server reply"),
+        ("filtered", r"refused due to recipient preferences|recipient preferences|\b550:? : user unknown"),
     )
 )
+
+_USERUNKNOWN = dict(_REASON_PHRASES)["userunknown"]
 
 _STATUS_REASON = {
     "5.1.1": "userunknown",
@@ -205,9 +216,11 @@ _STATUS_REASON = {
     "5.1.2": "hostunknown",
     "5.1.6": "hasmoved",
     "5.1.10": "notaccept",
+    "5.3.2": "notaccept",
     "5.2.2": "mailboxfull",
     "4.2.2": "mailboxfull",
-    "5.2.1": "suspend",
+    "5.2.1": "filtered",
+    "5.2.0": "filtered",
     "5.3.4": "mesgtoobig",
     "5.2.3": "mesgtoobig",
     "4.4.7": "expired",
@@ -233,7 +246,9 @@ def classify_reason(diagnostic: str, status: str = "", action: str = "") -> str:
         if rx.search(text):
             return name
     by_status = _STATUS_REASON.get(status, "")
-    if by_status in ("userunknown", "hostunknown", "hasmoved", "mailboxfull"):
+    if by_status == "filtered" and _USERUNKNOWN.search(text):
+        return "userunknown"  # adjust_reason() decides from the SMTP stage
+    if by_status in ("userunknown", "hostunknown", "hasmoved", "mailboxfull", "filtered"):
         # Explicit text can still say otherwise (e.g. 5.1.1 "mailbox disabled" is a suspension).
         for name, rx in _REASON_PHRASES[:3]:
             if rx.search(text):
@@ -258,11 +273,12 @@ def is_hard(reason: str, status: str, reply_code: str = "") -> bool:
 
 
 _STAGE_PHRASE = re.compile(
-    r"(?:in reply to|after|SMTP command:?|-+SMTP command)\s*(?:the\s+)?(?:end of\s+)?(DATA|MAIL FROM|MAIL|RCPT TO|RCPT|HELO|EHLO|connect)\b",
+    r"(?:in reply to|after|SMTP command:?|-+SMTP command|did not like our|SMTP:)\s*(?:the\s+)?(?:end of\s+)?"
+    r"(DATA|MAIL FROM|MAIL|RCPT TO|RCPT|HELO|EHLO|connect)\b|\[(RCPT)_TO\]|for (RCPT) TO response|does not like (recipient)\b",
     re.I,
 )
 _TRANSCRIPT = re.compile(
-    r"^>>> (DATA|MAIL FROM|MAIL|RCPT TO|RCPT|HELO|EHLO)\b.*\n(?:.*\n){0,3}?<<< [45]\d\d", re.I | re.M
+    r"(?:^|\s)>>> (DATA|MAIL FROM|MAIL|RCPT TO|RCPT|HELO|EHLO)\b(?:(?!>>>).){0,300}?<<< [45]\d\d", re.I | re.S
 )
 
 
@@ -271,7 +287,9 @@ def smtp_stage(text: str) -> str:
     m = _TRANSCRIPT.search(text) or _STAGE_PHRASE.search(text)
     if m is None:
         return ""
-    cmd = m.group(1).upper()
+    cmd = next((g for g in m.groups() if g), "").upper()
+    if cmd == "RECIPIENT":
+        cmd = "RCPT"
     return (
         "MAIL"
         if cmd.startswith("MAIL")
@@ -283,9 +301,13 @@ def smtp_stage(text: str) -> str:
     )
 
 
-def adjust_reason(reason: str, status: str, stage: str) -> str:
-    """Where a rejection happened changes what it means: an unknown user refused at DATA is a
-    content filter; anything refused at MAIL FROM is about the sender, not the recipient."""
+_EXPLICIT_UNKNOWN = re.compile(r"\b5\.1\.1\b|doesn'?t have an? \S+ account|mail\.local: unknown user", re.I)
+
+
+def adjust_reason(reason: str, status: str, stage: str, text: str = "", *, dsn: bool = False) -> str:
+    """Where a rejection happened changes what it means (sisimai's semantics): anything refused at
+    MAIL FROM is about the sender, not the recipient; an "unknown user" answer to DATA, or with a
+    X.2.x status outside RCPT TO, is a recipient-side filter (e.g. Japanese mobile carriers)."""
     if stage == "MAIL" and reason in (
         "userunknown",
         "hostunknown",
@@ -295,8 +317,20 @@ def adjust_reason(reason: str, status: str, stage: str) -> str:
         "notaccept",
     ):
         return "rejected"
-    if reason == "userunknown" and stage == "DATA":
-        return "filtered"
+    if reason == "userunknown":
+        if stage == "DATA" and not _EXPLICIT_UNKNOWN.search(text):
+            return "filtered"
+        if status[2:3] not in ("", "0", "1", "5") and stage != "RCPT":
+            # The status says it was not about the address (X.2 mailbox, X.7 policy, ...).
+            return "filtered"
+        if (
+            not stage
+            and (status == "" or (status[2:] == "0.0" and not dsn))
+            and _FAIL_REPLY_CODE.search(text)
+            and not _EXPLICIT_UNKNOWN.search(text)
+        ):
+            # An SMTP server said "unknown user" but not to RCPT TO: sisimai calls that filtered.
+            return "filtered"
     if reason == "hostunknown" and status.startswith("4"):
         return "networkerror"
     return reason
@@ -307,6 +341,9 @@ def adjust_reason(reason: str, status: str, stage: str) -> str:
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)\s*:\s*(.*)$")
 _STATUS_CODE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _REPLY_CODE = re.compile(r"(?<![\d.])([245]\d\d)(?:[ -]|$)")
+_FAIL_REPLY_CODE = re.compile(r"(?<![\d.])([45]\d\d)(?:[ ,-]|$)")
+# The remote server's own status inside a relaying MTA's diagnostic: "... 550-'5.7.1 <x>... Access denied'"
+_INNER_STATUS = re.compile(r"(?<=[45]\d\d-')([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 def _dsn_groups(text: str) -> list[dict[str, str]]:
@@ -326,6 +363,10 @@ def _dsn_groups(text: str) -> list[dict[str, str]]:
         m = _FIELD.match(line)
         if m:
             last = m.group(1).lower()
+            if last == "final-recipient" and last in cur:
+                # No blank line between two recipients' groups.
+                groups.append(cur)
+                cur = {}
             if last not in cur:
                 cur[last] = m.group(2).strip()
     if cur:
@@ -361,7 +402,7 @@ def _parse_dsn(parts: tuple[str, ...]) -> tuple[list[BounceRecipient], str]:
             diag = _strip_type(g.get("diagnostic-code", "")) if "diagnostic-code" in g else ""
             status_m = _STATUS_CODE.search(g.get("status", ""))
             status = status_m.group(0) if status_m else ""
-            dsm = _STATUS_CODE.search(diag)
+            dsm = _INNER_STATUS.search(diag) or _STATUS_CODE.search(diag)
             if dsm and (not status or status[0] == dsm.group(1)):
                 status = dsm.group(0)
             rc = _REPLY_CODE.search(diag)
@@ -369,6 +410,9 @@ def _parse_dsn(parts: tuple[str, ...]) -> tuple[list[BounceRecipient], str]:
             if not action:
                 action = "failed" if status.startswith("5") else "delayed" if status.startswith("4") else ""
             reason = classify_reason(diag, status, action)
+            dtype = g.get("diagnostic-code", "").split(";", 1)[0].strip().lower()
+            if dtype == "x-unix" and reason not in ("mailboxfull", "delivered", "expired"):
+                reason = "mailererror"  # the local delivery program failed (procmail, maildrop, ...)
             recipients.append(
                 BounceRecipient(
                     address=addr,
@@ -387,7 +431,7 @@ def _parse_dsn(parts: tuple[str, ...]) -> tuple[list[BounceRecipient], str]:
 
 _DAEMON = re.compile(
     r"^(?:mailer-daemon|mailer_daemon|maildaemon|postmaster|mail-daemon|mdaemon|double-bounce|"
-    r"bounce[s]?|mail\.delivery\.system|mailerdaemon|root|noreply-dmarc|nobody|mail-delivery-system)@",
+    r"bounce[s]?|post_master|mail\.delivery\.system|mailerdaemon|root|noreply-dmarc|nobody|mail-delivery-system)@",
     re.I,
 )
 _BOUNCE_SUBJECT = re.compile(
@@ -397,6 +441,7 @@ _BOUNCE_SUBJECT = re.compile(
     r"message not delivered|mail (?:system )?error|returned to sender|delivery notification|warning: could not send|"
     r"rejected:|message rejected|mail could not be delivered|bounced|delayed mail|delivery delayed|"
     r"недоставлен|не доставлен|не удалось доставить|ошибка доставки|возврат|уведомление о доставке|"
+    r"配信できません|配送できません|送信できませんでした|"
     r"unzustellbar|nicht zustellbar|non remis|non distribuable|error al entregar|не може бути доставлено",
     re.I,
 )
@@ -405,7 +450,7 @@ _FROM_NAME_DAEMON = re.compile(
 )
 _ORIGINAL_MARKER = re.compile(
     r"^\s*(?:-+\s*)?(?:below this line is a copy of the message|this is a copy of the (?:message|headers)|"
-    r"original message (?:follows|headers)|the original message (?:was|is)|"
+    r"original message (?:follows|headers)|the original message (?:was|is)(?! received)|"
     r"-+\s*original message\s*-+|-+\s*(?:the )?(?:original|returned|unsent) message|"
     r"unsent message below|returned message|message headers follow|original message header|"
     r"----- ?original message ?-----|"
@@ -416,17 +461,17 @@ _ADDR = re.compile(
     r"(?<![\w.+-])(?:mailto:)?<?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)>?"
 )
 _ADDR_LINE = re.compile(
-    r"^\s*(?:>>>\s*RCPT TO:?\s*|RCPT TO:?\s*|Could not be delivered to:\s*|Recipient(?: address)?:\s*|To:\s*|Original-Recipient:\s*(?:rfc822;)?\s*|Final-Recipient:\s*(?:rfc822;)?\s*|"
-    r"Failed recipient:\s*|Адрес получателя:\s*|Получатель:\s*|Адрес:\s*|address:\s*)?"
-    r"[\"']?<?(?:mailto:)?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)>?[\"']?\s*[:,.]?\s*"
-    r"(?:\(.*\))?\s*(?:\[.*\])?\s*$",
+    r"^\s*(?:>>>\s*RCPT TO:?\s*|Sent <<< RCPT TO:\s*|RCPT TO:?\s*|Could not be delivered to:\s*|Recipient(?: address)?:\s*|To:\s*|Original-Recipient:\s*(?:rfc822;)?\s*|Final-Recipient:\s*(?:rfc822;)?\s*|"
+    r"[45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3}\s+)?(?=<)|Failed recipient:\s*|Адрес получателя:\s*|Получатель:\s*|Адрес:\s*|address:\s*)?"
+    r"[\"']?<?(?:mailto:)?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)>?[\"']?"
+    r"(?:\s*[:,.]?\s*(?:\(.*\))?\s*(?:\[.*\])?\s*(?:\s+on\s+\w.*)?$|\.\.\.\s.*$|:\s+(?:host\b|[245]\d\d\b|[45]\.\d).*$)",
     re.I,
 )
 _INLINE_RCPT = re.compile(
     r"(?:delivery to the following recipients? (?:failed|has been delayed)[^\n]*\n\s*|"
     r"(?:could not be |was not |wasn'?t |couldn'?t be |can ?not be |unable to be )delivered to:?\s*|"
     r"(?:following (?:address(?:es)?|recipients?)[^\n]{0,80}:\s*\n\s*)|RCPT TO:\s*|"
-    r"message to\s+|delivery to\s+|rejected recipient\s+|couldn'?t deliver[^\n]{0,30} to\s+|"
+    r"message to\s+|delivery to\s+|error delivering your (?:mail|message) to\s+|rejected recipient\s+|couldn'?t deliver[^\n]{0,30} to\s+|"
     r"доставить (?:письмо|сообщение) (?:на адрес|адресату|получателю)\s*|адресату\s+|получателю\s+)"
     r"[\"'<]*(?:mailto:)?([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)",
     re.I,
@@ -457,15 +502,30 @@ def _find_original_id(*texts: str) -> str:
     return ""
 
 
+_RCPT_SECTION = re.compile(
+    r"did not reach the following recipient\(?s?\)?:?|the following recipient\(s\) could not be reached:?",
+    re.I,
+)
+
+
 def _text_recipients(report: str, own: set[str], failed_hdr: str) -> list[tuple[str, str]]:
     """(address, diagnostic context) pairs from a free-text report."""
     found: dict[str, str] = {}
+    sec = _RCPT_SECTION.search(report)
+    if sec is not None:
+        # Exchange: "Your message To: <the original To> ... did not reach the following recipient(s):"
+        report = report[sec.end() :]
     lines = report.replace("\r\n", "\n").split("\n")
 
     def context(i: int) -> str:
         out: list[str] = []
+        m0 = _ADDR_LINE.match(lines[i])
+        first = normalize_address(m0.group(1)) if m0 else ""
+        if m0 and re.match(r"\s*[45]\d\d[ -]", lines[i]):
+            return lines[i].strip()  # a sendmail transcript line: "554 <addr>... diagnostic"
         for j in range(i, min(i + 8, len(lines))):
-            if j > i and _ADDR_LINE.match(lines[j]):
+            mj = _ADDR_LINE.match(lines[j]) if j > i else None
+            if mj and normalize_address(mj.group(1)) != first:
                 break
             if lines[j].strip():
                 out.append(lines[j].strip())
@@ -513,6 +573,7 @@ _STRONG_BODY = re.compile(
     r"we had trouble delivering your message|rejected recipient <|this is the mail system at host|"
     r"your message (?:could not|cannot) be delivered|delivery has failed to these recipients|"
     r"the original message was received at|this is an automatically generated delivery status notification|"
+    r"did not reach the following recipient|"
     r"message delivery to .{1,80} failed|unable to deliver (?:the )?message to|"
     r"送信できませんでした|доставить не удалось|не может быть доставлено",
     re.I,
@@ -522,15 +583,21 @@ _HARD_DAEMON = re.compile(
 )
 
 
+# Bodies only a delivery failure report has (decisive even with a "Re:" subject).
+_DECISIVE_BODY = re.compile(r"^Error: [^\n]{0,80}\n+Error message below:\s*\n\s*[45]\d\d\b", re.I | re.M)
+
+
 def _looks_like_bounce(inp: BounceInput) -> bool:
     h = inp.headers
     if inp.report_type == "delivery-status" or inp.delivery_status:
         return True
     if "x-failed-recipients" in h:
         return True
-    if re.search(r'"notificationType"\s*:\s*"Bounce"', inp.text[:3000]):
+    if re.search(r'\\?"notificationType\\?"\s*:\s*\\?"Bounce', inp.text[:3000]):
         return True
     if _HARD_DAEMON.match(inp.from_address) or _HARD_DAEMON.match(str(h.get("from", "")).strip()):
+        return True
+    if _DECISIVE_BODY.search(inp.text[:2000]):
         return True
     is_reply = (
         bool(re.match(r"^\s*(?:re|aw|sv|ответ|fwd?|пересл)\s*:", inp.subject, re.I)) or "in-reply-to" in h
@@ -591,9 +658,12 @@ def detect_bounce(inp: BounceInput) -> BounceInfo:
         m = _ARF_FIELD.search(inp.text)
         return BounceInfo(is_complaint=True, kind="arf", feedback_type=m.group(1).lower() if m else "abuse",
                           original_message_id=_find_original_id(inp.text))  # fmt: skip
-    if re.search(r'"notificationType"\s*:\s*"Complaint"', inp.text[:3000]):
+    if re.search(r'\\?"notificationType\\?"\s*:\s*\\?"Complaint', inp.text[:3000]):
         m = re.search(r'"complaintFeedbackType"\s*:\s*"([\w-]+)"', inp.text)
         return BounceInfo(is_complaint=True, kind="arf", feedback_type=m.group(1).lower() if m else "abuse")
+    ml = _mailing_list_error(inp)
+    if ml is not None:
+        return ml
     if not _looks_like_bounce(inp):
         return BounceInfo()
     own = {inp.from_address} if inp.from_address else set()
@@ -604,8 +674,16 @@ def detect_bounce(inp: BounceInput) -> BounceInfo:
     reporting = ""
     kind = "dsn"
     report, copy = _report_text(inp.text)
-    if inp.delivery_status:
-        recipients, reporting = _parse_dsn(inp.delivery_status)
+    dsn_parts = inp.delivery_status
+    in_text = False
+    if not dsn_parts:
+        # A DSN whose MIME structure is broken: its fields are in the text.
+        fm = re.search(r"^(?:Reporting-MTA|Original-Recipient|Final-Recipient)\s*:", inp.text, re.I | re.M)
+        if fm is not None and re.search(r"^(?:Action|Status)\s*:", inp.text[fm.start() :], re.I | re.M):
+            dsn_parts = (inp.text[fm.start() :],)
+            in_text = True
+    if dsn_parts:
+        recipients, reporting = _parse_dsn(dsn_parts)
         # Many MTAs put a better diagnostic (and the SMTP stage) in the human-readable part.
         others = [r.address for r in recipients]
         enriched: list[BounceRecipient] = []
@@ -614,8 +692,9 @@ def detect_bounce(inp: BounceInput) -> BounceInfo:
             reason = r.reason
             if ctx and (reason == "undefined" or not r.diagnostic):
                 reason = classify_reason(r.diagnostic + " " + ctx, r.status, r.action)
-            stage = smtp_stage(ctx or (report if len(recipients) == 1 else ""))
-            reason = adjust_reason(reason, r.status, stage)
+            where = ctx or (report if len(recipients) == 1 else "")
+            stage = smtp_stage(where) or (smtp_stage(report) if len(recipients) == 1 else "")
+            reason = adjust_reason(reason, r.status, stage, where + " " + r.diagnostic, dsn=not in_text)
             enriched.append(
                 BounceRecipient(
                     r.address,
@@ -628,47 +707,37 @@ def detect_bounce(inp: BounceInput) -> BounceInfo:
                 )
             )
         recipients = enriched
-    if not recipients and '"notificationType"' in inp.text[:2000]:
+    if not recipients and "notificationType" in inp.text[:3000]:
         recipients = _ses_json(inp.text)
         kind = "ses"
     if not recipients:
         kind = "text"
         if not orig_id:
             orig_id = _find_original_id(copy)
-        for addr, diag in _text_recipients(report, own, str(inp.headers.get("x-failed-recipients", ""))):
-            sm = _STATUS_CODE.search(diag)
-            status = sm.group(0) if sm else ""
-            rc = _REPLY_CODE.search(diag)
-            reply_code = rc.group(1) if rc else ""
-            if not status and reply_code:
-                status = f"{reply_code[0]}.0.0"
-            delayed = bool(
-                re.search(
-                    r"delay|will (?:continue|keep) trying|not yet been delivered|temporar|deferred|warning",
-                    diag + inp.subject,
-                    re.I,
-                )
-            )
-            action = (
-                "delayed"
-                if (status.startswith("4") or (delayed and not status.startswith("5")))
-                else "failed"
-            )
-            reason = classify_reason(diag + " " + inp.subject, status, action)
-            if not status:
-                status = "4.0.0" if action == "delayed" else "5.0.0"
-            reason = adjust_reason(reason, status, smtp_stage(diag))
-            recipients.append(
-                BounceRecipient(
-                    addr,
-                    status,
-                    action,
-                    is_hard(reason, status, reply_code),
-                    reason,
-                    reply_code,
-                    " ".join(diag.split())[:500],
-                )
-            )
+        found = _text_recipients(report, own, str(inp.headers.get("x-failed-recipients", "")))
+        for addr, diag in found:
+            rcpt = _text_recipient(addr, diag, inp.subject)
+            if rcpt.reason == "undefined" and len(found) == 1 and diag != report:
+                # The lines around the address said nothing useful: read the whole report.
+                whole = _text_recipient(addr, report[:3000], inp.subject)
+                if whole.reason != "undefined":
+                    rcpt = whole
+            recipients.append(rcpt)
+    if not recipients and kind == "text" and inp.original_text and _DAEMON.match(inp.original_from):
+        # A bounce forwarding another bounce (a relay or gateway): read the inner report.
+        inner, _ = _report_text(inp.original_text)
+        for addr, diag in _text_recipients(inner, own | {inp.original_from}, ""):
+            recipients.append(_text_recipient(addr, diag, inp.subject))
+    if not recipients and kind == "text":
+        # No report names a recipient ("Delivery report unavailable"): the returned message's To:.
+        rcpts = list(inp.original_recipients)
+        if not rcpts and copy:
+            hm = re.search(r"^To:[ \t]*(.+)$", copy[:5000], re.I | re.M)
+            rcpts = [normalize_address(a) for a in _ADDR.findall(hm.group(1))] if hm else []
+        to_hdr = {normalize_address(x) for x in _ADDR.findall(str(inp.headers.get("to", "")))}
+        # Never the bounce's own addressee (the sender of the original): a nested bounce's To.
+        for a in dict.fromkeys(x for x in rcpts if x and x not in own and x not in to_hdr):
+            recipients.append(_text_recipient(a, report[:3000], inp.subject))
     if not orig_id:
         orig_id = _find_original_id(copy)
     failed = [r for r in recipients if r.action not in ("delivered", "relayed", "expanded")]
@@ -686,6 +755,67 @@ def detect_bounce(inp: BounceInput) -> BounceInfo:
     )
 
 
+def _text_recipient(addr: str, diag: str, subject: str) -> BounceRecipient:
+    sm = _STATUS_CODE.search(diag)
+    status = sm.group(0) if sm else ""
+    rc = _FAIL_REPLY_CODE.search(diag)
+    reply_code = rc.group(1) if rc else ""
+    if not status and reply_code:
+        status = f"{reply_code[0]}.0.0"
+    delayed = bool(
+        re.search(
+            r"delay|will (?:continue|keep) trying|not yet been delivered|temporar|deferred|warning",
+            diag + subject,
+            re.I,
+        )
+    )
+    action = "delayed" if (status.startswith("4") or (delayed and not status.startswith("5"))) else "failed"
+    reason = classify_reason(diag, status, action)
+    if reason in ("undefined", "expired") and subject:
+        # The subject ("Returned mail: User unknown") speaks only when the report itself does not.
+        reason = classify_reason(diag + " " + subject, status, action)
+    if not status:
+        status = "4.0.0" if action == "delayed" else "5.0.0"
+    reason = adjust_reason(reason, status, smtp_stage(diag), diag)
+    return BounceRecipient(
+        addr,
+        status,
+        action,
+        is_hard(reason, status, reply_code),
+        reason,
+        reply_code,
+        " ".join(diag.split())[:500],
+    )
+
+
+_FML_ERROR = re.compile(
+    r"(?P<rejected>are not (?:a )?member|not a member of this mailing list|post(?:ing)? (?:is )?(?:restricted|not allowed))|"
+    r"(?P<systemerror>loop alert|duplicated message-id|mail loop)",
+    re.I,
+)
+
+
+def _mailing_list_error(inp: BounceInput) -> BounceInfo | None:
+    """fml (a mailing-list manager) returning a post: the list is the recipient that refused it."""
+    if "fml" not in str(inp.headers.get("x-mlserver", "")).lower():
+        return None
+    m = _FML_ERROR.search(inp.subject) or _FML_ERROR.search(inp.text[:2000])
+    if m is None:
+        return None
+    reason = "rejected" if m.group("rejected") else "systemerror"
+    am = _ADDR.search(inp.text[:2000])
+    addr = normalize_address(am.group(1)) if am else ""
+    if not addr:
+        return None
+    diag = " ".join(inp.text[:300].split())
+    return BounceInfo(
+        is_bounce=True,
+        kind="text",
+        recipients=(BounceRecipient(addr, "5.0.0", "failed", False, reason, "", diag),),
+        original_message_id=_find_original_id(inp.text),
+    )
+
+
 def _ses_json(text: str) -> list[BounceRecipient]:
     """Amazon SES/SNS bounce notifications (JSON in the body)."""
     import json
@@ -697,6 +827,12 @@ def _ses_json(text: str) -> list[BounceRecipient]:
         data = json.loads(text[start : end + 1])
     except ValueError:
         return []
+    if isinstance(data, dict) and isinstance(data.get("Message"), str):
+        # An SNS envelope: the SES notification is a JSON string inside it.
+        try:
+            data = json.loads(data["Message"])
+        except ValueError:
+            return []
     if not isinstance(data, dict) or str(data.get("notificationType", "")).lower() != "bounce":
         return []
     bounce = data.get("bounce") or {}

@@ -285,8 +285,12 @@ def _decode_ew_payload(enc: str, payload: str) -> bytes:
         return raw
 
 
-def _decode_raw_text(text: str) -> str:
-    """A header fragment that may carry raw 8-bit bytes as surrogate escapes (compat32 parsing)."""
+def _decode_raw_text(text: str, fallback: str | None = None) -> str:
+    """A header fragment that may carry raw 8-bit bytes as surrogate escapes (compat32 parsing).
+
+    ``fallback``: the charset the rest of the message uses (its other encoded words, its body), the
+    best guess for raw 8-bit header bytes (what Thunderbird does) when they are not UTF-8 or Cyrillic.
+    """
     if text.isascii():
         return text
     try:
@@ -298,10 +302,21 @@ def _decode_raw_text(text: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        return detect(data)[1]
+        pass
+    name = codec_for(fallback) if fallback else None
+    if name is not None and name != "us-ascii" and not name.startswith("utf"):
+        if _looks_8bit_cyrillic(data) and name not in _CYRILLIC:
+            cyr = guess_cyrillic(data)
+            if cyr is not None:
+                return cyr[1]
+        try:
+            return data.decode(name)
+        except (UnicodeDecodeError, LookupError):
+            pass
+    return detect(data)[1]
 
 
-def decode_header_value(value: object) -> str:
+def decode_header_value(value: object, fallback: str | None = None) -> str:
     """Decode every RFC 2047 chunk of a header value, whatever the charsets; raw 8-bit text too.
 
     Adjacent encoded words in the same charset are joined as bytes before decoding, so a multibyte
@@ -310,7 +325,7 @@ def decode_header_value(value: object) -> str:
     """
     text = value if isinstance(value, str) else str(value)
     if "=?" not in text:
-        out_text = _decode_raw_text(text)
+        out_text = _decode_raw_text(text, fallback)
         return " ".join(_CONTROL.sub(" ", out_text).split())
     pieces: list[str] = []
     pos = 0
@@ -328,7 +343,7 @@ def decode_header_value(value: object) -> str:
         gap = text[pos : m.start()]
         if gap and (gap.strip() or not pending):
             flush()
-            pieces.append(_decode_raw_text(gap))
+            pieces.append(_decode_raw_text(gap, fallback))
         charset = m.group(1).split("*", 1)[0]  # RFC 2231 language suffix
         data = _decode_ew_payload(m.group(2), m.group(3))
         if pending and normalize_charset(charset) != normalize_charset(pending_cs):
@@ -337,5 +352,5 @@ def decode_header_value(value: object) -> str:
         pending_cs = charset
         pos = m.end()
     flush()
-    pieces.append(_decode_raw_text(text[pos:]))
+    pieces.append(_decode_raw_text(text[pos:], fallback))
     return " ".join(_CONTROL.sub(" ", "".join(pieces)).split())

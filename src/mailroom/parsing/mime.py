@@ -785,6 +785,24 @@ def _join_texts(texts: Sequence[str]) -> str:
     )
 
 
+_EW_CHARSET = re.compile(r"=\?([^?\s*]+)[^?]*\?[bBqQ]\?")
+
+
+def _charset_hint(h: HeaderBlock, tree: _Node) -> str | None:
+    """The charset a message's raw 8-bit headers most likely use: its encoded words', else its body's."""
+    for name in ("from", "to", "cc", "reply-to"):
+        m = _EW_CHARSET.search(h.get(name) or "")
+        if m:
+            return m.group(1)
+    cs = tree.params.get("charset")
+    if cs:
+        return cs
+    for child in tree.children[:4]:
+        if child.params.get("charset"):
+            return child.params["charset"]
+    return None
+
+
 def _assemble(
     raw: bytes,
     tree: _Node,
@@ -847,7 +865,10 @@ def _assemble(
         else:
             date = _received_date(h)
             date_source = "received_header" if date is not None else "none"
-    subject = decode_header_value(h.get("subject"))
+    subject_raw = h.get("subject")
+    subject = decode_header_value(
+        subject_raw, None if not subject_raw or subject_raw.isascii() else _charset_hint(h, tree)
+    )
     from_ = parse_addresses(h.get_all("from"))
     body_raw = raw[tree.body_start :] if tree.data is raw else b""
     nested = (
@@ -888,6 +909,9 @@ def _assemble(
                     + col.report_parts.get("text/rfc822-headers", [])
                 ),
                 original_message_ids=tuple(m.message_id for m in nested if not m.message_id_synthesised),
+                original_recipients=tuple(a.address for a in nested[0].to) if nested else (),
+                original_from=nested[0].from_[0].address if nested and nested[0].from_ else "",
+                original_text=nested[0].text[:20_000] if nested else "",
             )
         )
         auth = authenticate(
