@@ -27,6 +27,7 @@ class SinkHandler:
     reject_rcpt: dict[str, str] = field(default_factory=dict)  # address -> reply line
     data_reply: str | None = None  # e.g. "451 4.3.0 try later"
     sessions: int = 0
+    pipelining: bool = False  # advertise PIPELINING (RFC 2920), as Postfix does
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
@@ -34,6 +35,8 @@ class SinkHandler:
         with self.lock:
             self.sessions += 1
         session.host_name = hostname
+        if self.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import email
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from email import policy as email_policy
@@ -32,7 +33,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from mailroom.conversations.models import Message, Participant
+from mailroom.conversations.models import Message, Participant, Source
 from mailroom.core.tokens import b32, make_relay_token, parse_relay_token, sign
 from mailroom.events.models import Event
 from mailroom.events.services import event_record
@@ -210,6 +211,60 @@ def token_thread_id(token: RelayToken) -> int | None:
                .exclude(thread__isnull=True).values_list("thread_id", flat=True).first())
         return tid
     return None
+
+
+def lmtp_source_recipient(key: str) -> str:
+    """The relay address of an LMTP source key ``lmtp:<rcpt>:<content hash>`` ("" for other keys)."""
+    kind, sep, rest = key.partition(":")
+    if kind != "lmtp" or not sep:
+        return ""
+    rcpt, sep, _hash = rest.rpartition(":")
+    return rcpt if sep else ""
+
+
+def relay_threads_for_messages(message_pks: Sequence[int]) -> dict[int, int]:
+    """Message pk -> thread of the client relay token the message was delivered to (by the SMTP
+    envelope: the LMTP source key, never a header), for the linker's ``relay_token`` rule.
+
+    Only signed addresses of this deployment's relay domain count, only ``client`` tokens (owner
+    answers never enter the raw store), only of the message's own team, and a token revoked before
+    the message arrived is no evidence. Messages without such a source are left out."""
+    out: dict[int, int] = {}
+    pks = list(dict.fromkeys(message_pks))
+    if not pks or not relay_domain():
+        return out
+    wanted: dict[int, list[str]] = {}  # message pk -> token ids, in source order
+    for i in range(0, len(pks), 900):
+        for msg_pk, key in (Source.objects.filter(message_id__in=pks[i : i + 900], kind=Source.Kind.LMTP)
+                            .exclude(key__isnull=True).order_by("id").values_list("message_id", "key")):
+            token_id = parse_relay_recipient(lmtp_source_recipient(key or ""))
+            if token_id is not None:
+                wanted.setdefault(msg_pk, []).append(token_id)
+    if not wanted:
+        return out
+    tokens = {t.token_id: t for t in RelayToken.objects.filter(
+        token_id__in={tid for ids in wanted.values() for tid in ids}, kind=RelayToken.Kind.CLIENT)}
+    messages = {pk: (team, received) for pk, team, received in Message.objects.filter(pk__in=list(wanted))
+                .values_list("pk", "team_id", "received_at")}
+    for msg_pk, token_ids in wanted.items():
+        team_id, received_at = messages.get(msg_pk, (None, None))
+        for tid in token_ids:
+            token = tokens.get(tid)
+            if token is None or token.team_id != team_id:
+                continue
+            if token.revoked_at is not None and (received_at is None or token.revoked_at <= received_at):
+                continue
+            thread_id = token_thread_id(token)
+            if thread_id is not None:
+                out[msg_pk] = thread_id
+                break
+    return out
+
+
+def relay_thread_for_message(message_pk: int) -> int | None:
+    """The thread of the relay token ``message_pk`` was delivered to, or None (see
+    :func:`relay_threads_for_messages`, the batch form)."""
+    return relay_threads_for_messages([message_pk]).get(message_pk)
 
 
 def allowed_client_senders(token: RelayToken) -> set[str]:

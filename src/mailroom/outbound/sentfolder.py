@@ -54,16 +54,19 @@ class AppendResult:
 
 
 def imap_settings_for_mailbox(mailbox: Any) -> ImapSettings:
-    secret = mailbox.get_secret() if mailbox.secret_enc else {}
+    """Through :func:`mailroom.mailboxes.connect.imap_settings` (secrets, OAuth2 refresh)."""
+    from mailroom.mailboxes.connect import imap_settings
+
+    cs = imap_settings(mailbox)
     return ImapSettings(
-        host=mailbox.imap_host,
-        port=int(mailbox.imap_port),
-        security=mailbox.imap_security,
-        username=mailbox.imap_username or mailbox.email,
-        auth_method=mailbox.auth_method,
-        password=str(secret.get("password", "")),
-        access_token=str(secret.get("access_token", "")),
-        tls_verify=bool(mailbox.tls_verify),
+        host=cs.host,
+        port=int(cs.port),
+        security=cs.security,
+        username=cs.username,
+        auth_method=cs.auth,
+        password=cs.password,
+        access_token=cs.access_token,
+        tls_verify=bool(cs.tls_verify),
     )
 
 

@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import email
 import hashlib
 import html as html_lib
 import json
 import logging
 import os
+import queue
 import socket
 import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import policy as email_policy
 from email.utils import getaddresses, parseaddr
@@ -37,7 +38,7 @@ from typing import Any
 
 import nh3
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from jinja2 import TemplateError
@@ -71,6 +72,8 @@ MAX_RECIPIENTS = 100
 
 
 def _setting(name: str, default: float) -> float:
+    """``django.conf.settings.<name>``, else the environment variable (a worker started before the
+    setting exists in settings.py), else ``default``."""
     value: Any = getattr(settings, name, None)
     if value is None:
         value = os.environ.get(name, default)
@@ -87,6 +90,22 @@ def retry_base_seconds() -> float:
 
 def smtp_timeout_seconds() -> float:
     return _setting("MAILROOM_OUTBOX_SMTP_TIMEOUT", 30)
+
+
+def batch_size() -> int:
+    """Rows claimed per round by the worker."""
+    return max(1, int(_setting("MAILROOM_OUTBOX_BATCH", 500)))
+
+
+def record_chunk() -> int:
+    """Results recorded per durable commit while sending."""
+    return max(1, int(_setting("MAILROOM_OUTBOX_RECORD_CHUNK", 250)))
+
+
+def connections() -> int:
+    """SMTP connections opened in parallel by one worker (at most one per mailbox unless a mailbox
+    has enough mail for more)."""
+    return max(1, int(_setting("MAILROOM_OUTBOX_CONNECTIONS", 4)))
 
 
 # --- wake-up of the worker -------------------------------------------------------------------------
@@ -127,8 +146,15 @@ class ComposeInput:
     auto_submitted: str = ""  # "auto-replied" for automatic answers
 
     def request_hash(self, mailbox_id: int) -> str:
-        data = asdict(self)
-        data["idempotency_key"] = None
+        data = {
+            "to": list(self.to), "cc": list(self.cc), "bcc": list(self.bcc), "subject": self.subject,
+            "text": self.text, "html": self.html, "in_reply_to": self.in_reply_to, "mode": self.mode,
+            "template": self.template,
+            "attachments": [{"filename": a.filename, "content_type": a.content_type, "content_b64": a.content_b64,
+                             "inline": a.inline, "content_id": a.content_id} for a in self.attachments],
+            "send_at": None, "idempotency_key": None, "signature": self.signature,
+            "relay_to_owner": self.relay_to_owner, "deal": self.deal, "auto_submitted": self.auto_submitted,
+        }
         data["mailbox"] = mailbox_id
         data["send_at"] = self.send_at.isoformat() if self.send_at else None
         blob = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
@@ -469,7 +495,8 @@ def outbox_create(
     t_index = compose.thread_index(when=now, parent=pinfo.thread_index if pinfo and in_reply_to else "",
                                    seed=hashlib.sha256(root.encode()).digest()[:16])
 
-    with transaction.atomic():
+    # In a batch the caller's transaction covers the row; alone, a savepoint makes token + row atomic.
+    with transaction.atomic() if cache.get("collect") is None else contextlib.nullcontext():
         # Relay: Reply-To reply+<token>@relay-domain, per mailbox option.
         token = reply_to_token
         rs_key = f"relay_settings:{mailbox.pk}"
@@ -541,12 +568,56 @@ def outbox_create_batch(*, user: Any, mailbox: Mailbox, items: Sequence[ComposeI
     try:
         with transaction.atomic():
             results = [outbox_create(user=user, mailbox=mailbox, data=d, _cache=cache) for d in items]
-            OutboxMessage.objects.bulk_create(collected, batch_size=500)
+            insert_rows(OutboxMessage, collected)
+            pks: dict[str, int] = {}
+            row_keys = [r.idempotency_key for r in collected]
+            for i in range(0, len(row_keys), 900):
+                pks.update(OutboxMessage.objects.filter(team_id=mailbox.team_id, idempotency_key__in=row_keys[i : i + 900])
+                           .values_list("idempotency_key", "id"))
+            for r in collected:
+                r.pk = pks[r.idempotency_key]
+                r._state.adding = False
+                r._state.db = connection.alias
             transaction.on_commit(wake_outbox)
             return results
     except IntegrityError:  # a key taken meanwhile (or twice in the batch): the careful way, one by one
         with transaction.atomic():
             return [outbox_create(user=user, mailbox=mailbox, data=d) for d in items]
+
+
+_DIRECT_TYPES = frozenset({
+    "AutoField", "BigAutoField", "BigIntegerField", "BinaryField", "BooleanField", "CharField", "ForeignKey",
+    "IntegerField", "PositiveBigIntegerField", "PositiveIntegerField", "PositiveSmallIntegerField",
+    "SmallIntegerField", "TextField",
+})
+
+
+def insert_rows(model: Any, objs: Sequence[Any]) -> None:
+    """INSERT many new model instances with one executemany (no RETURNING: the caller finds the
+    ids by a natural key). ``bulk_create`` compiles every value of every row through the ORM, which
+    costs more per outbox row than building its MIME bytes."""
+    if not objs:
+        return
+    meta = model._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    auto = [f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)]
+    direct = [f.get_internal_type() in _DIRECT_TYPES for f in fields]
+    conn = transaction.get_connection()  # the wrapper itself, not the thread-local proxy
+    q = conn.ops.quote_name
+    sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608 - identifiers from model meta, quoted
+        q(meta.db_table), ", ".join(q(f.column) for f in fields), ", ".join(["%s"] * len(fields)))
+    params: list[list[Any]] = []
+    for obj in objs:
+        for f in auto:
+            f.pre_save(obj, add=True)
+        row = []
+        for f, d in zip(fields, direct, strict=True):
+            v = getattr(obj, f.attname)
+            row.append(v if d or v is None else f.get_db_prep_save(v, conn))
+        params.append(row)
+    with conn.cursor() as cur:
+        for i in range(0, len(params), 500):
+            cur.executemany(sql, params[i : i + 500])
 
 
 def _same_or_conflict(existing: OutboxMessage, req_hash: str) -> OutboxMessage:
@@ -591,10 +662,25 @@ class SendReport:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
+    """What a sender thread and the recorder need of a claimed row (no ORM instance per row)."""
+
     pk: int
+    team_id: int
+    mailbox_id: int
     mail_from: str
     recipients: tuple[str, ...]
     raw: bytes
+    message_id: str
+    subject: str
+    to: tuple[str, ...]
+    bcc: tuple[str, ...]
+    origin: str
+    attempts: int
+    max_attempts: int
+
+
+_JOB_FIELDS = ("id", "team_id", "mailbox_id", "mail_from", "recipients", "raw", "message_id", "subject", "to", "bcc",
+               "origin", "attempts", "max_attempts")
 
 
 def outbox_claim_due(*, worker_id: str, limit: int = 200, now: datetime | None = None) -> list[int]:
@@ -622,109 +708,164 @@ def outbox_claim_due(*, worker_id: str, limit: int = 200, now: datetime | None =
                                                  state=OutboxMessage.State.SENDING).values_list("id", flat=True))
 
 
-def _send_group(smtp_settings: SmtpSettings, jobs: Sequence[_Job]) -> tuple[list[tuple[int, SendResult]], int]:
-    out: list[tuple[int, SendResult]] = []
-    with Submitter(smtp_settings) as sub:
+def _load_jobs(ids: Sequence[int]) -> list[_Job]:
+    jobs: list[_Job] = []
+    for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+        for v in OutboxMessage.objects.filter(id__in=ids[i : i + 900]).order_by("id").values_list(*_JOB_FIELDS):
+            jobs.append(_Job(v[0], v[1], v[2], v[3], tuple(v[4]), bytes(v[5]), v[6], v[7], tuple(v[8]), tuple(v[9]),
+                             v[10], v[11], v[12]))
+    return jobs
+
+
+_DONE = object()
+
+
+def _sender(smtp_settings: SmtpSettings, jobs: Sequence[_Job], out: queue.SimpleQueue[Any]) -> None:
+    """One SMTP connection, reused for ``jobs``: results go to the recorder as they come. No database."""
+    sub = Submitter(smtp_settings)
+    try:
         for job in jobs:
-            out.append((job.pk, sub.send(job.mail_from, job.recipients, job.raw)))
-        return out, sub.connections_opened
+            out.put((job, sub.send(job.mail_from, job.recipients, job.raw)))
+    finally:
+        sub.close()
+        out.put((_DONE, sub.connections_opened))
 
 
 def outbox_send_due(
-    *, limit: int = 200, parallel: int = 4, worker_id: str | None = None, now: datetime | None = None,
-    chunk_size: int = 250,
+    *, limit: int = 200, parallel: int | None = None, worker_id: str | None = None, now: datetime | None = None,
+    chunk_size: int | None = None,
 ) -> SendReport:
-    """Claim and send due messages; returns what happened. Safe to run concurrently and repeatedly."""
+    """Claim and send due messages; returns what happened. Safe to run concurrently and repeatedly.
+
+    Pipelined: one sender thread per SMTP connection (a mailbox's messages share its connection;
+    a busy mailbox gets several when ``parallel`` allows) puts results on a queue, while this thread
+    records them ``chunk_size`` at a time, one durable commit per chunk."""
     worker_id = worker_id or new_worker_id()
+    parallel = parallel or connections()
+    chunk_size = chunk_size or record_chunk()
     ids = outbox_claim_due(worker_id=worker_id, limit=limit, now=now)
     report = SendReport(claimed=len(ids))
     if not ids:
         return report
-    rows = list(OutboxMessage.objects.filter(id__in=ids).select_related("mailbox").order_by("id"))
-    settings_cache: dict[int, SmtpSettings] = {}
-    for row in rows:
-        if row.mailbox_id not in settings_cache:
-            settings_cache[row.mailbox_id] = settings_for_mailbox(row.mailbox, timeout=smtp_timeout_seconds())
-    # Pipeline: while chunk k is recorded (main thread, database), chunk k+1 is on the wire (threads).
-    chunks = [rows[i : i + chunk_size] for i in range(0, len(rows), chunk_size)]
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="outbox-smtp") as pool, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-dispatch") as dispatch:
-        pending = dispatch.submit(_send_chunk, pool, chunks[0], settings_cache)
-        for k in range(len(chunks)):
-            results, conns = pending.result()
-            if k + 1 < len(chunks):
-                pending = dispatch.submit(_send_chunk, pool, chunks[k + 1], settings_cache)
-            report.connections += conns
-            _record_results(chunks[k], results, worker_id, report)
+    jobs = _load_jobs(ids)
+    groups: dict[int, list[_Job]] = defaultdict(list)
+    for job in jobs:
+        groups[job.mailbox_id].append(job)
+    mailboxes = Mailbox.objects.in_bulk(list(groups))
+    results: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    pending: list[tuple[_Job, SendResult]] = []
+    lanes: list[tuple[SmtpSettings, list[_Job]]] = []
+    for mailbox_id, group in groups.items():
+        try:
+            smtp = settings_for_mailbox(mailboxes[mailbox_id], timeout=smtp_timeout_seconds())
+        except Exception as exc:  # OAuth2 refresh failed, secret unreadable: nothing sent, try later
+            log.warning("outbox.settings_failed", extra={"mailbox_id": mailbox_id, "error": str(exc)})
+            pending.extend((job, SendResult("retry", None, f"mailbox settings: {exc}", "auth")) for job in group)
+            continue
+        lanes.append((smtp, group))
+    # Spare connections go to the biggest groups (at most `parallel` connections in all).
+    per_lane = [1] * len(lanes)
+    spare = max(0, parallel - len(lanes))
+    while spare > 0 and lanes:
+        k = max(range(len(lanes)), key=lambda j: len(lanes[j][1]) / per_lane[j])
+        if len(lanes[k][1]) / per_lane[k] < 2 * chunk_size:
+            break
+        per_lane[k] += 1
+        spare -= 1
+    threads = [
+        threading.Thread(target=_sender, args=(smtp, group[c::n], results), name="outbox-smtp", daemon=True)
+        for (smtp, group), n in zip(lanes, per_lane, strict=True) for c in range(n)
+    ]
+    running = 0
+    for t in threads[:max(1, parallel)]:
+        t.start()
+        running += 1
+    waiting = threads[running:]
+    while running:
+        item, value = results.get()
+        if item is _DONE:
+            running -= 1
+            report.connections += value
+            if waiting:
+                waiting.pop(0).start()
+                running += 1
+        else:
+            pending.append((item, value))
+        if len(pending) >= chunk_size or (not running and pending):
+            _record_results(pending, worker_id, report)
+            pending = []
+    if pending:
+        _record_results(pending, worker_id, report)
     return report
 
 
-def _send_chunk(pool: ThreadPoolExecutor, rows: Sequence[OutboxMessage],
-                settings_cache: dict[int, SmtpSettings]) -> tuple[dict[int, SendResult], int]:
-    """Send one chunk: one connection per mailbox, mailboxes in parallel. No database work here."""
-    groups: dict[int, list[_Job]] = defaultdict(list)
-    for r in rows:
-        groups[r.mailbox_id].append(_Job(r.pk, r.mail_from, tuple(r.recipients), bytes(r.raw)))
-    results: dict[int, SendResult] = {}
-    conns = 0
-    for res, n in pool.map(lambda item: _send_group(settings_cache[item[0]], item[1]), groups.items()):
-        results.update(res)
-        conns += n
-    return results, conns
+def _exec_many(sql: str, params: Sequence[Sequence[Any]]) -> None:
+    if params:
+        with connection.cursor() as cur:
+            cur.executemany(sql, params)
 
 
-def _record_results(rows: Sequence[OutboxMessage], results: dict[int, SendResult], worker_id: str,
-                    report: SendReport) -> None:
+_T = OutboxMessage._meta.db_table
+_RESULTS_FIELD = OutboxMessage._meta.get_field("recipient_results")
+
+
+def _record_results(done: Sequence[tuple[_Job, SendResult]], worker_id: str, report: SendReport) -> None:
+    """Record one chunk of results in one transaction: state (one UPDATE for the plainly accepted,
+    executemany for the rest), the sent copies in the raw store (one ``store_batch`` per mailbox),
+    and the events. Only the lease holder records (a row re-leased elsewhere after a stall is not ours)."""
     now = timezone.now()
+    q = connection.ops.quote_name
+    ts = connection.ops.adapt_datetimefield_value
     events: list[tuple[int, str, dict[str, Any]]] = []
-    sent_by_mailbox: dict[int, list[OutboxMessage]] = defaultdict(list)
-    plain_sent: list[int] = []  # accepted for everyone, no details: one UPDATE for all of them
-    with transaction.atomic():
-        for row in rows:
-            res = results.get(row.pk)
-            if res is None:
+    sent_by_mailbox: dict[int, list[_Job]] = defaultdict(list)
+    plain_sent: list[int] = []
+    other: list[list[Any]] = []
+    sending = OutboxMessage.State.SENDING
+    for job, res in done:
+        payload = {"outbox_id": job.pk, "message_id": job.message_id, "mailbox_id": job.mailbox_id,
+                   "subject": job.subject, "to": list(job.to), "smtp_code": res.code, "smtp_text": res.text[:1000]}
+        refused = _RESULTS_FIELD.get_db_prep_save({a: {"code": c, "text": t} for a, (c, t) in res.refused.items()},
+                                                  connection)
+        if res.outcome == "sent":
+            report.sent += 1
+            if job.origin != OutboxMessage.Origin.RELAY_FORWARD:  # a forward to a personal address stays private
+                sent_by_mailbox[job.mailbox_id].append(job)
+            events.append((job.team_id, Event.Kind.MESSAGE_SENT, payload))
+            if not res.refused and res.code == 250 and res.text == "accepted":
+                plain_sent.append(job.pk)
                 continue
-            payload = {"outbox_id": row.pk, "message_id": row.message_id, "mailbox_id": row.mailbox_id,
-                       "subject": row.subject, "to": row.to, "smtp_code": res.code, "smtp_text": res.text[:1000]}
-            if res.outcome == "sent":
-                report.sent += 1
-                if row.origin != OutboxMessage.Origin.RELAY_FORWARD:  # a forward to a personal address stays private
-                    sent_by_mailbox[row.mailbox_id].append(row)
-                events.append((row.team_id, Event.Kind.MESSAGE_SENT, payload))
-                if not res.refused and res.code == 250 and res.text == "accepted":
-                    plain_sent.append(row.pk)
-                    continue
-            fields: dict[str, Any] = {
-                "last_smtp_code": res.code, "last_smtp_text": res.text[:4000], "last_error_kind": res.kind,
-                "recipient_results": {a: {"code": c, "text": t} for a, (c, t) in res.refused.items()},
-                "lease_owner": "", "lease_expires_at": None, "updated_at": now,
-            }
-            if res.outcome == "sent":
-                fields.update(state=OutboxMessage.State.SENT, sent_at=now)
-            elif res.outcome == "retry" and row.attempts < row.max_attempts:
-                fields.update(state=OutboxMessage.State.RETRYING,
-                              next_attempt_at=now + timedelta(seconds=backoff_seconds(row.attempts, base=retry_base_seconds())))
-                report.retrying += 1
-            else:
-                fields.update(state=OutboxMessage.State.FAILED, failed_at=now)
-                report.failed += 1
-                events.append((row.team_id, Event.Kind.MESSAGE_FAILED, payload))
-            # Only the lease holder may record (a row re-leased elsewhere after a stall is not ours).
-            OutboxMessage.objects.filter(pk=row.pk, lease_owner=worker_id, state=OutboxMessage.State.SENDING).update(**fields)
+            state, sent_at, failed_at, next_at = OutboxMessage.State.SENT, ts(now), None, None
+        elif res.outcome == "retry" and job.attempts < job.max_attempts:
+            report.retrying += 1
+            state, sent_at, failed_at = OutboxMessage.State.RETRYING, None, None
+            next_at = ts(now + timedelta(seconds=backoff_seconds(job.attempts, base=retry_base_seconds())))
+        else:
+            report.failed += 1
+            events.append((job.team_id, Event.Kind.MESSAGE_FAILED, payload))
+            state, sent_at, failed_at, next_at = OutboxMessage.State.FAILED, None, ts(now), None
+        other.append([state, sent_at, failed_at, next_at, res.code, res.text[:4000], res.kind, refused, ts(now),
+                      job.pk, worker_id, sending])
+    with transaction.atomic():
         for i in range(0, len(plain_sent), 500):
-            OutboxMessage.objects.filter(
-                pk__in=plain_sent[i : i + 500], lease_owner=worker_id, state=OutboxMessage.State.SENDING
-            ).update(state=OutboxMessage.State.SENT, sent_at=now, last_smtp_code=250, last_smtp_text="accepted",
-                     last_error_kind="", recipient_results={}, lease_owner="", lease_expires_at=None, updated_at=now)
+            OutboxMessage.objects.filter(pk__in=plain_sent[i : i + 500], lease_owner=worker_id, state=sending).update(
+                state=OutboxMessage.State.SENT, sent_at=now, last_smtp_code=250, last_smtp_text="accepted",
+                last_error_kind="", recipient_results={}, lease_owner="", lease_expires_at=None, updated_at=now)
+        _exec_many(
+            f"UPDATE {q(_T)} SET state = %s, sent_at = COALESCE(%s, sent_at), "  # noqa: S608 - quoted identifiers
+            "failed_at = COALESCE(%s, failed_at), next_attempt_at = COALESCE(%s, next_attempt_at), "
+            "last_smtp_code = %s, last_smtp_text = %s, last_error_kind = %s, recipient_results = %s, "
+            "lease_owner = '', lease_expires_at = NULL, updated_at = %s "
+            "WHERE id = %s AND lease_owner = %s AND state = %s", other)
+        stored: list[tuple[int, int]] = []
         for group in sent_by_mailbox.values():
-            mb = group[0].mailbox
-            stored = store_batch(
-                team_id=mb.team_id, kind="outbox", mailbox=mb, direction=Message.Direction.OUTGOING,
-                items=[IncomingRaw(raw=r.sent_copy(), key=f"outbox:{r.pk}", internal_date=now) for r in group],
+            mb = Mailbox(pk=group[0].mailbox_id, team_id=group[0].team_id)  # store_batch needs the key only
+            res_store = store_batch(
+                team_id=group[0].team_id, kind="outbox", mailbox=mb, direction=Message.Direction.OUTGOING,
+                items=[IncomingRaw(raw=compose.sent_copy_bytes(j.raw, j.bcc), key=f"outbox:{j.pk}", internal_date=now)
+                       for j in group],
             )
-            for r, msg_pk in zip(group, stored.message_pks, strict=True):
-                r.stored_message_id = msg_pk
-            OutboxMessage.objects.bulk_update(group, ["stored_message_id"], batch_size=500)
+            stored.extend((msg_pk, j.pk) for j, msg_pk in zip(group, res_store.message_pks, strict=True))
+        _exec_many(f"UPDATE {q(_T)} SET stored_message_id = %s WHERE id = %s", stored)  # noqa: S608
         events_record(events)
     if sent_by_mailbox:
         transaction.on_commit(wake_outbox)
@@ -747,8 +888,14 @@ def outbox_append_due(*, limit: int = 200) -> int:
             OutboxMessage.objects.filter(id__in=[r.pk for r in group]).update(append_required=False)
             continue
         folder = Folder.objects.filter(mailbox=mb, role=Folder.Role.SENT).values_list("raw_name", flat=True).first()
+        try:
+            imap = imap_settings_for_mailbox(mb)
+        except Exception as exc:  # OAuth2 refresh failed: count an attempt, the others go on
+            OutboxMessage.objects.filter(id__in=[r.pk for r in group]).update(
+                append_attempts=F("append_attempts") + 1, append_error=f"mailbox settings: {exc}"[:2000])
+            continue
         results = append_guarded(
-            imap_settings_for_mailbox(mb), folder,
+            imap, folder,
             [AppendItem(r.pk, r.message_id, r.sent_copy(), r.sent_at) for r in group],
         )
         now = timezone.now()

@@ -51,16 +51,21 @@ class SendResult:
 
 
 def settings_for_mailbox(mailbox: Any, *, timeout: float = 30.0) -> SmtpSettings:
-    secret = mailbox.get_secret() if mailbox.secret_enc else {}
+    """SMTP settings through :func:`mailroom.mailboxes.connect.smtp_settings`, the one place that
+    decrypts secrets and refreshes an expired OAuth2 access token (storing a rotated refresh token
+    atomically). Raises ``ImapError(kind="oauth")`` when no valid token can be had."""
+    from mailroom.mailboxes.connect import smtp_settings
+
+    cs = smtp_settings(mailbox)
     return SmtpSettings(
-        host=mailbox.smtp_host or mailbox.imap_host,
-        port=int(mailbox.smtp_port),
-        security=mailbox.smtp_security,
-        username=mailbox.smtp_username or mailbox.imap_username or mailbox.email,
-        auth_method=mailbox.auth_method,
-        password=str(secret.get("password", "")),
-        access_token=str(secret.get("access_token", "")),
-        tls_verify=bool(mailbox.tls_verify),
+        host=cs.host,
+        port=int(cs.port),
+        security=cs.security,
+        username=cs.username,
+        auth_method=cs.auth,
+        password=cs.password,
+        access_token=cs.access_token,
+        tls_verify=bool(cs.tls_verify),
         timeout=timeout,
     )
 
@@ -82,6 +87,12 @@ def is_loopback(host: str) -> bool:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _plain_crlf(raw: bytes) -> bool:
+    """Every line ends in CRLF (no bare CR or LF): the body can be dot-stuffed as it is."""
+    crlf = raw.count(b"\r\n")
+    return raw.count(b"\n") == crlf and raw.count(b"\r") == crlf
 
 
 class ConfigError(RuntimeError):
@@ -158,6 +169,8 @@ class Submitter:
         try:
             if self._smtp is None:
                 self._smtp = self._connect()
+            if self._smtp.has_extn("pipelining") and _plain_crlf(raw):
+                return self._send_pipelined(self._smtp, mail_from, list(recipients), raw)
             refused = self._smtp.sendmail(mail_from, list(recipients), raw)
         except smtplib.SMTPRecipientsRefused as exc:
             # Every recipient refused; smtplib has sent RSET, the connection is still usable.
@@ -190,6 +203,46 @@ class Submitter:
         if refused:
             details = {a: (int(c), _text(t)) for a, (c, t) in refused.items()}
             return SendResult("sent", 250, "accepted for some recipients", "partial", details)
+        return SendResult("sent", 250, "accepted")
+
+    def _send_pipelined(self, smtp: smtplib.SMTP, mail_from: str, recipients: list[str], raw: bytes) -> SendResult:
+        """RFC 2920: MAIL, every RCPT and DATA in one write, the replies read in order; then the
+        dot-stuffed body. One round trip instead of 2 + recipients, and no regex pass over the body
+        (smtplib's ``data()`` runs two). Same outcomes as the ``sendmail`` path."""
+        opts = f" SIZE={len(raw)}" if smtp.has_extn("size") else ""
+        smtp.send("".join([f"MAIL FROM:<{mail_from}>{opts}\r\n", *(f"RCPT TO:<{r}>\r\n" for r in recipients),
+                           "DATA\r\n"]).encode("ascii"))
+        mail_code, mail_text = smtp.getreply()
+        refused: dict[str, tuple[int, str]] = {}
+        for r in recipients:
+            code, text = smtp.getreply()
+            if code not in (250, 251):
+                refused[r] = (code, _text(text))
+        data_code, data_text = smtp.getreply()
+        if mail_code != 250 or len(refused) == len(recipients) or data_code != 354:
+            if data_code == 354:  # the server wants a body although nothing can be delivered: end it empty
+                smtp.send(b".\r\n")
+                smtp.getreply()
+            if mail_code != 250:
+                smtp.rset()
+                return self._reply(mail_code, mail_text, "sender_rejected")
+            if len(refused) == len(recipients):
+                smtp.rset()
+                return self._classify_refused(refused, all_refused=True)
+            self._drop()
+            return self._reply(data_code, data_text, "data_rejected")
+        body = raw.replace(b"\r\n.", b"\r\n..")
+        if body.startswith(b"."):
+            body = b"." + body
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        smtp.send(body + b".\r\n")
+        code, text = smtp.getreply()
+        if code != 250:
+            self._drop()
+            return self._reply(code, text, "data_rejected")
+        if refused:
+            return SendResult("sent", 250, "accepted for some recipients", "partial", refused)
         return SendResult("sent", 250, "accepted")
 
     @staticmethod
