@@ -6,33 +6,15 @@ import dataclasses
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
 from mailroom.conversations.models import Attachment, Message, Participant
+from mailroom.core.db import update_rows
 from mailroom.parsing.mime import ParsedMessage, parse_message
 
 
 def _as_dict(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
-
-
-def update_rows(model: Any, objs: list[Any], fields: list[str]) -> None:
-    """UPDATE ... WHERE id = %s with executemany: Django's bulk_update builds a CASE per field and
-    row, which costs more than the parse itself on big batches."""
-    if not objs:
-        return
-    meta = model._meta
-    cols = [meta.get_field(f) for f in fields]
-    sql = "UPDATE {} SET {} WHERE {} = %s".format(  # noqa: S608 - identifiers from model meta, quoted
-        connection.ops.quote_name(meta.db_table),
-        ", ".join(f"{connection.ops.quote_name(c.column)} = %s" for c in cols),
-        connection.ops.quote_name(meta.pk.column),
-    )
-    params = [
-        [c.get_db_prep_save(getattr(o, c.attname), connection) for c in cols] + [o.pk] for o in objs
-    ]
-    with connection.cursor() as cur:
-        cur.executemany(sql, params)
 
 
 def _participants(message: Message, parsed: ParsedMessage) -> list[Participant]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.db import connection, transaction
-from django.utils import timezone
+from django.db import transaction
 
+from mailroom.core.db import insert_rows
 from mailroom.events.models import Event
 
 _KINDS = frozenset(Event.Kind.values)
@@ -30,13 +30,5 @@ def events_record(items: Iterable[tuple[int, str, dict[str, Any]]]) -> int:
             raise ValueError(f"unknown event kind {kind!r}")
     if not rows:
         return 0
-    meta = Event._meta
-    q = connection.ops.quote_name
-    payload_field = meta.get_field("payload")
-    created = connection.ops.adapt_datetimefield_value(timezone.now())
-    column = {f.name: f.column for f in meta.concrete_fields}
-    cols = ", ".join(q(column[name]) for name in ("team", "kind", "payload", "created_at"))
-    sql = f"INSERT INTO {q(meta.db_table)} ({cols}) VALUES (%s, %s, %s, %s)"  # noqa: S608 - quoted identifiers
-    with transaction.atomic(), connection.cursor() as cur:
-        cur.executemany(sql, [(t, k, payload_field.get_db_prep_save(p, connection), created) for t, k, p in rows])
+    insert_rows(Event, [Event(team_id=t, kind=k, payload=p) for t, k, p in rows])
     return len(rows)

@@ -22,6 +22,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from mailroom.conversations.models import Message, MessageRaw, Source
+from mailroom.core.db import insert_rows
 from mailroom.mailboxes.models import Folder, Mailbox
 from mailroom.parsing.headers import HeaderSummary, summarize_headers
 
@@ -79,21 +80,20 @@ def _record_new_mail_events(team_id: int, mailbox: Mailbox | None, created: list
     """Webhook events in the same transaction: a message received, or sent from the manager's own
     mail client (a new message in Sent; mail sent from Mailroom is recorded by the outbox)."""
     from mailroom.events.models import Event
+    from mailroom.events.services import events_record
 
-    Event.objects.bulk_create(
-        [
-            Event(
-                team_id=team_id,
-                kind=Event.Kind.MESSAGE_RECEIVED if m.direction == Message.Direction.INCOMING else Event.Kind.MESSAGE_SENT,
-                payload={
-                    "message": pk,
-                    "message_id": m.message_id,
-                    "mailbox_id": mailbox.pk if mailbox else None,
-                    "via": "imap" if m.direction == Message.Direction.INCOMING else "mail client",
-                },
-            )
-            for pk, m in created
-        ]
+    events_record(
+        (
+            team_id,
+            Event.Kind.MESSAGE_RECEIVED if m.direction == Message.Direction.INCOMING else Event.Kind.MESSAGE_SENT,
+            {
+                "message": pk,
+                "message_id": m.message_id,
+                "mailbox_id": mailbox.pk if mailbox else None,
+                "via": "imap" if m.direction == Message.Direction.INCOMING else "mail client",
+            },
+        )
+        for pk, m in created
     )
 
 
@@ -161,7 +161,7 @@ def store_batch(
             to_create[ident] = (msg, item.raw)
 
         if to_create:
-            Message.objects.bulk_create([m for m, _ in to_create.values()], ignore_conflicts=True)
+            insert_rows(Message, [m for m, _ in to_create.values()], ignore_conflicts=True)
             created_ids = {
                 (mh, ch): pk
                 for pk, mh, ch in Message.objects.filter(
@@ -202,7 +202,7 @@ def store_batch(
                     internal_date=item.internal_date,
                 )
             )
-        Source.objects.bulk_create(sources, ignore_conflicts=True)
+        insert_rows(Source, sources, ignore_conflicts=True)
         result.new_sources = len(sources)
         if result.new_messages:
             from mailroom.conversations.pipeline import wake_pipeline

@@ -45,6 +45,7 @@ from jinja2 import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from mailroom.conversations.models import Message
+from mailroom.core.db import insert_rows
 from mailroom.core.errors import Conflict, InvalidInput
 from mailroom.core.tokens import make_message_id
 from mailroom.events.models import Event
@@ -583,41 +584,6 @@ def outbox_create_batch(*, user: Any, mailbox: Mailbox, items: Sequence[ComposeI
     except IntegrityError:  # a key taken meanwhile (or twice in the batch): the careful way, one by one
         with transaction.atomic():
             return [outbox_create(user=user, mailbox=mailbox, data=d) for d in items]
-
-
-_DIRECT_TYPES = frozenset({
-    "AutoField", "BigAutoField", "BigIntegerField", "BinaryField", "BooleanField", "CharField", "ForeignKey",
-    "IntegerField", "PositiveBigIntegerField", "PositiveIntegerField", "PositiveSmallIntegerField",
-    "SmallIntegerField", "TextField",
-})
-
-
-def insert_rows(model: Any, objs: Sequence[Any]) -> None:
-    """INSERT many new model instances with one executemany (no RETURNING: the caller finds the
-    ids by a natural key). ``bulk_create`` compiles every value of every row through the ORM, which
-    costs more per outbox row than building its MIME bytes."""
-    if not objs:
-        return
-    meta = model._meta
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
-    auto = [f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)]
-    direct = [f.get_internal_type() in _DIRECT_TYPES for f in fields]
-    conn = transaction.get_connection()  # the wrapper itself, not the thread-local proxy
-    q = conn.ops.quote_name
-    sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608 - identifiers from model meta, quoted
-        q(meta.db_table), ", ".join(q(f.column) for f in fields), ", ".join(["%s"] * len(fields)))
-    params: list[list[Any]] = []
-    for obj in objs:
-        for f in auto:
-            f.pre_save(obj, add=True)
-        row = []
-        for f, d in zip(fields, direct, strict=True):
-            v = getattr(obj, f.attname)
-            row.append(v if d or v is None else f.get_db_prep_save(v, conn))
-        params.append(row)
-    with conn.cursor() as cur:
-        for i in range(0, len(params), 500):
-            cur.executemany(sql, params[i : i + 500])
 
 
 def _same_or_conflict(existing: OutboxMessage, req_hash: str) -> OutboxMessage:
