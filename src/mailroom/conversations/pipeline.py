@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -62,17 +63,46 @@ def _fail(pk: int, exc: BaseException) -> None:
     )
 
 
+_local_locks = {"parse": threading.Lock(), "link": threading.Lock()}
+
+
+@contextmanager
+def _claim(stage: str) -> Iterator[bool]:
+    """Several workers (threads, processes, machines) may run the pipeline at once.
+
+    PostgreSQL: parsing claims its rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` (the caller's
+    transaction), so parse workers share the work; linking runs under a transaction-level advisory
+    lock, so that parents and replies are threaded in order. SQLite has one writer anyway: a
+    process-local lock keeps this process's workers from doing the same batch twice."""
+    if connection.vendor == "postgresql":
+        with transaction.atomic():
+            if stage == "link":
+                with connection.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", [_LINK_LOCK_KEY])
+            yield True
+    else:
+        with _local_locks[stage]:
+            yield False
+
+
+_LINK_LOCK_KEY = 0x6D61696C726F6F6D  # "mailroom"
+
+
 def parse_pending(limit: int = BATCH) -> int:
     """Parse up to ``limit`` stored messages, storing the results in one transaction.
     Returns how many were handled (parsed or failed)."""
+    with _claim("parse") as row_locks:
+        return _parse_pending(limit, row_locks)
+
+
+def _parse_pending(limit: int, row_locks: bool) -> int:
     from mailroom.conversations.models import MessageRaw
     from mailroom.conversations.services import messages_store_parsed, parse_raw
 
-    messages = list(
-        Message.objects.filter(state=Message.State.STORED).order_by("id").defer(
-            "text", "html", "reply_text"
-        )[:limit]
-    )
+    qs = Message.objects.filter(state=Message.State.STORED).order_by("id").defer("text", "html", "reply_text")
+    if row_locks:
+        qs = qs.select_for_update(skip_locked=True, of=("self",))
+    messages = list(qs[:limit])
     if not messages:
         return 0
     # Bound memory by bytes too: a batch of large messages is cut short.
@@ -104,13 +134,19 @@ def link_pending(limit: int = BATCH) -> int:
     """Thread and link up to ``limit`` parsed messages, oldest first (so parents come before replies)."""
     from mailroom.conversations.linking import messages_link
 
+    with _claim("link"):
+        return _link_pending(limit, messages_link)
+
+
+def _link_pending(limit: int, messages_link: Callable[..., None]) -> int:
     pks = list(
         Message.objects.filter(state=Message.State.PARSED).order_by("date", "id").values_list("id", flat=True)[:limit]
     )
     if not pks:
         return 0
     try:
-        messages_link(message_pks=pks)
+        with transaction.atomic():  # a savepoint: a failure leaves the outer transaction usable
+            messages_link(message_pks=pks)
     except Exception:
         # One bad message must not block the batch: retry one by one to find it.
         for pk in pks:

@@ -26,6 +26,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo.add_argument("--port", type=int, default=8025)
     demo.set_defaults(handler=_demo)
 
+    worker = sub.add_parser("worker", help="run a Celery worker for the pipeline (MAILROOM_TASKS=celery)")
+    worker.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
+    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    worker.add_argument("--loglevel", default="WARNING")
+    worker.set_defaults(handler=_worker)
+
     mig = sub.add_parser("migrate", help="create or upgrade the database")
     mig.set_defaults(handler=_migrate)
 
@@ -71,6 +77,17 @@ def _db_has_tables() -> bool:
     from django.db import connection
 
     return "accounts_team" in connection.introspection.table_names()
+
+
+def _worker(args: argparse.Namespace) -> int:
+    setup_django()
+    from mailroom.config.celery import app
+
+    app.worker_main(
+        ["worker", f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}", f"--pool={args.pool}",
+         "--without-gossip", "--without-mingle"]
+    )
+    return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:

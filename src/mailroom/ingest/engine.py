@@ -9,20 +9,24 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
 from mailroom.conversations import pipeline
+from mailroom.conversations.models import Message
 from mailroom.ingest.imap.worker import MailboxRunner
 from mailroom.mailboxes.models import Mailbox
 
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60
+SWEEP_SECONDS = 15.0
 _current: SyncEngine | None = None
 
 
@@ -77,7 +81,12 @@ class SyncEngine:
         self.runners: dict[int, MailboxRunner] = {}
         self.reconcile_seconds = reconcile_seconds
         self.idle_seconds = idle_seconds
-        self.workers = [PipelineWorker(self.stop_event, name=f"pipeline-{i}") for i in range(pipeline_workers)]
+        # With Celery the pipeline runs in the Celery workers; this process only syncs and sweeps.
+        self.celery = settings.MAILROOM_TASKS == "celery"
+        self.workers = (
+            [] if self.celery else [PipelineWorker(self.stop_event, name=f"pipeline-{i}") for i in range(pipeline_workers)]
+        )
+        self._last_sweep = 0.0
         self._wakeup = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sync-engine", daemon=True)
 
@@ -86,7 +95,8 @@ class SyncEngine:
         _current = self
         for w in self.workers:
             w.start()
-        pipeline.on_wake(self.wake_pipeline)
+        if not self.celery:
+            pipeline.on_wake(self.wake_pipeline)
         self._thread.start()
 
     def wake_pipeline(self) -> None:
@@ -130,9 +140,21 @@ class SyncEngine:
                 self.runners[mid] = runner
                 runner.start()
 
+    def sweep(self) -> None:
+        """Re-drive work left behind (a lost wake-up, a worker that died): the database says what is
+        pending; in Celery mode a task is sent, in-process the workers are woken."""
+        if Message.objects.filter(state__in=(Message.State.STORED, Message.State.PARSED)).exists():
+            if self.celery:
+                pipeline.wake_pipeline()
+            else:
+                self.wake_pipeline()
+
     def _loop(self) -> None:
         while not self.stop_event.is_set():
             try:
+                if time.monotonic() - self._last_sweep > SWEEP_SECONDS:
+                    self._last_sweep = time.monotonic()
+                    self.sweep()
                 self.reconcile()
             except Exception:
                 log.exception("engine.reconcile_failed")
