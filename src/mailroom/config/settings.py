@@ -136,10 +136,20 @@ MAILROOM_TOKEN_KEY = os.environ.get("MAILROOM_TOKEN_KEY", "")
 MAILROOM_MESSAGE_ID_DOMAIN = os.environ.get("MAILROOM_MESSAGE_ID_DOMAIN", "mailroom.local")
 # Relay domain for reply+<token>@domain (optional).
 MAILROOM_RELAY_DOMAIN = os.environ.get("MAILROOM_RELAY_DOMAIN", "")
+# Relay answers from a deal owner's personal address need DKIM/DMARC or trusted SPF (not just the
+# envelope sender). Turn off only on a closed network.
+MAILROOM_RELAY_REQUIRE_AUTH = _env_bool("MAILROOM_RELAY_REQUIRE_AUTH", True)
 # authserv-ids whose Authentication-Results headers we trust (comma separated).
 MAILROOM_TRUSTED_AUTHSERV_IDS = [
     s.strip() for s in os.environ.get("MAILROOM_TRUSTED_AUTHSERV_IDS", "").split(",") if s.strip()
 ]
+# Outbox: how long a sender holds a claimed row, retry backoff base, SMTP timeout, batch sizes.
+MAILROOM_OUTBOX_LEASE_SECONDS = int(os.environ.get("MAILROOM_OUTBOX_LEASE_SECONDS", "300"))
+MAILROOM_OUTBOX_RETRY_BASE_SECONDS = float(os.environ.get("MAILROOM_OUTBOX_RETRY_BASE_SECONDS", "30"))
+MAILROOM_OUTBOX_SMTP_TIMEOUT = float(os.environ.get("MAILROOM_OUTBOX_SMTP_TIMEOUT", "30"))
+MAILROOM_OUTBOX_BATCH = int(os.environ.get("MAILROOM_OUTBOX_BATCH", "500"))
+MAILROOM_OUTBOX_RECORD_CHUNK = int(os.environ.get("MAILROOM_OUTBOX_RECORD_CHUNK", "250"))
+MAILROOM_OUTBOX_CONNECTIONS = int(os.environ.get("MAILROOM_OUTBOX_CONNECTIONS", "4"))
 # Task execution: "inline" (embedded, in-process worker threads) or "celery".
 MAILROOM_TASKS = os.environ.get("MAILROOM_TASKS", "inline")
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")

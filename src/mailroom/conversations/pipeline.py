@@ -127,7 +127,21 @@ def _parse_pending(limit: int, row_locks: bool) -> int:
                 messages_store_parsed(items=[(message, parsed)])
             except Exception as exc:
                 _fail(message.pk, exc)
+    bounces = [m.pk for m, p in done if p.bounce.is_bounce and m.state == Message.State.PARSED]
+    if bounces:
+        _record_bounces(bounces)
     return len(messages)
+
+
+def _record_bounces(message_pks: list[int]) -> None:
+    """Mark the outbox recipients a bounce reports (the outbox worker's sweep catches up if this fails)."""
+    from mailroom.outbound.bounces import outbox_bounces_record
+
+    try:
+        with transaction.atomic():
+            outbox_bounces_record(message_pks=message_pks)
+    except Exception:
+        log.exception("pipeline.bounces_failed")
 
 
 def link_pending(limit: int = BATCH) -> int:

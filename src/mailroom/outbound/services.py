@@ -73,12 +73,8 @@ MAX_RECIPIENTS = 100
 
 
 def _setting(name: str, default: float) -> float:
-    """``django.conf.settings.<name>``, else the environment variable (a worker started before the
-    setting exists in settings.py), else ``default``."""
-    value: Any = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(name, default)
-    return float(value)
+    """``django.conf.settings.<name>`` (read from the environment in settings.py), else ``default``."""
+    return float(getattr(settings, name, default))
 
 
 def lease_seconds() -> float:
