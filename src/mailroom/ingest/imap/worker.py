@@ -219,16 +219,12 @@ def _import_uids(
             if ascending:
                 # The cursor may pass a failed UID only once it is quarantined.
                 stop_at = min(blockers) if blockers else None
-                ok = [f for f in fetched if stop_at is None or f.uid < stop_at]
-                high = max((f.uid for f in ok), default=folder.synced_high_uid)
-                if stop_at is not None:
-                    high = max(folder.synced_high_uid, stop_at - 1)
-                else:
-                    high = max(high, max(batch))
+                ok = [f for f in fetched if stop_at is None or (f.uid or 0) < stop_at]
+                high = max(folder.synced_high_uid, stop_at - 1) if stop_at is not None else max(batch)
                 new_src, new_msgs = _store(mailbox, folder, ok, {"synced_high_uid": high})
             else:
                 stop_at = max(blockers) if blockers else None
-                ok = [f for f in fetched if stop_at is None or f.uid > stop_at]
+                ok = [f for f in fetched if stop_at is None or (f.uid or 0) > stop_at]
                 low = (stop_at + 1) if stop_at is not None else min(batch)
                 new_src, new_msgs = _store(mailbox, folder, ok, {"backfill_low_uid": low})
             del fetched, ok
