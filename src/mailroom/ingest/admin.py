@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from mailroom.ingest.models import ImportFailure
+
+
+@admin.register(ImportFailure)
+class ImportFailureAdmin(admin.ModelAdmin):
+    list_display = ("id", "folder", "uidvalidity", "uid", "attempts", "quarantined", "reason", "updated_at")
+    list_filter = ("quarantined",)
+    readonly_fields = ("folder", "uidvalidity", "uid", "attempts", "reason", "created_at", "updated_at")
