@@ -5,6 +5,9 @@
     ``messages_link`` over them in date order (as ``link_pending`` does) and print messages/s.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/mailroom_bench .venv/bin/python bench/routing_bench.py --messages 20000
+    MAILROOM_DATA_DIR=/tmp/mr-bench .venv/bin/python bench/routing_bench.py --sqlite --messages 20000  # embedded
+
+``--profile`` prints the top of a cProfile of the linking run.
 
 (b) latency: bulk-generate a linked corpus (COPY-speed bulk inserts), serve the WSGI app with a real
     HTTP server in a thread, and time GET /threads/{id} and /contacts/{id}/timeline: p50/p95/p99.
@@ -33,10 +36,24 @@ DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/mailroom_bench"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def setup(reset: bool) -> None:
-    url = os.environ.setdefault("DATABASE_URL", DEFAULT_DB)
+def setup(reset: bool, sqlite: bool = False) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailroom.config.settings")
-    os.environ.setdefault("MAILROOM_DATA_DIR", "/tmp/mr-bench")
+    data_dir = os.environ.setdefault("MAILROOM_DATA_DIR", "/tmp/mr-bench")
+    if sqlite:
+        # The embedded default: a SQLite file (WAL, synchronous=FULL) inside MAILROOM_DATA_DIR.
+        os.environ.pop("DATABASE_URL", None)
+        db = Path(data_dir) / "mailroom.sqlite3"
+        if reset:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(db) + suffix).unlink(missing_ok=True)
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        import django
+        from django.core.management import call_command
+
+        django.setup()
+        call_command("migrate", verbosity=0)
+        return
+    url = os.environ.setdefault("DATABASE_URL", DEFAULT_DB)
     import psycopg
 
     base, _, name = url.rpartition("/")
@@ -178,7 +195,32 @@ def generate_parsed(team: Any, mailbox: Any, n: int, seed: int = 7, state: str =
     return pks
 
 
-def run_rate(n: int, batch: int) -> None:
+class _QueryTimer:
+    """Time spent in the database driver per statement shape (the first words of the SQL)."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, list[float]] = {}
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            key = " ".join(sql.split())[:90]
+            entry = self.spent.setdefault(key, [0.0, 0])
+            entry[0] += time.perf_counter() - t
+            entry[1] += 1
+
+    def report(self, elapsed: float) -> None:
+        total = sum(v[0] for v in self.spent.values())
+        print(
+            f"database time {total:.2f}s of {elapsed:.2f}s ({sum(v[1] for v in self.spent.values())} statements)"
+        )
+        for key, (spent, count) in sorted(self.spent.items(), key=lambda kv: -kv[1][0])[:12]:
+            print(f"  {spent:6.2f}s {count:5d}x  {key}")
+
+
+def run_rate(n: int, batch: int, profile: bool = False) -> None:
     from django.db import connection
 
     from mailroom.conversations.linking import messages_link
@@ -190,14 +232,28 @@ def run_rate(n: int, batch: int) -> None:
     pks = generate_parsed(w["team"], w["mailbox"], n)
     print(f"generated {len(pks)} parsed messages in {time.perf_counter() - t:.1f}s")
     ordered = list(Message.objects.filter(pk__in=pks).order_by("date", "id").values_list("id", flat=True))
-    t = time.perf_counter()
-    for start in range(0, len(ordered), batch):
-        messages_link(message_pks=ordered[start : start + batch])
-    elapsed = time.perf_counter() - t
+    prof = None
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    timer = _QueryTimer()
+    t, cpu = time.perf_counter(), time.process_time()
+    with connection.execute_wrapper(timer):
+        for start in range(0, len(ordered), batch):
+            messages_link(message_pks=ordered[start : start + batch])
+    elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
+    if prof is not None:
+        import pstats
+
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(35)
+    timer.report(elapsed)
     team = w["team"]
     print(
         f"routing+linking: {n} messages in {elapsed:.2f}s = {n / elapsed:,.0f} msgs/s "
-        f"(batch {batch}, {connection.vendor})"
+        f"(batch {batch}, {connection.vendor}; this process's CPU {cpu:.2f}s)"
     )
     print(
         f"  threads {Thread.objects.filter(team=team).count()}, contacts {Contact.objects.filter(team=team).count()}, "
@@ -280,7 +336,7 @@ def bulk_linked(n: int) -> dict[str, Any]:
             )
             MessageContact.objects.bulk_create(
                 [
-                    MessageContact(team=team, contact_id=contacts[a], message_id=m.pk, date=m.date)
+                    MessageContact(team=team, contact_id=contacts[a], message_id=m.pk, date=m.date or T0)
                     for m, a in zip(created, who, strict=True)
                     if a in contacts
                 ],
@@ -349,12 +405,14 @@ def main() -> int:
     ap.add_argument("--latency", action="store_true", help="measure API latency over a bulk-generated corpus")
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--reset", action="store_true", help="drop and recreate the benchmark database")
+    ap.add_argument("--sqlite", action="store_true", help="the embedded SQLite default instead of PostgreSQL")
+    ap.add_argument("--profile", action="store_true", help="cProfile the linking run")
     args = ap.parse_args()
-    setup(args.reset)
+    setup(args.reset, args.sqlite)
     if args.latency:
         run_latency(args.messages, args.requests)
     else:
-        run_rate(args.messages, args.batch)
+        run_rate(args.messages, args.batch, args.profile)
     return 0
 
 

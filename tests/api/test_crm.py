@@ -12,7 +12,7 @@ from django.test import Client
 
 from mailroom.conversations.models import MessageContact
 from mailroom.crm.models import Company, CompanyDomain, Contact, ContactEmail, Deal, IgnoreEntry
-from tests.conversations.mail import ingest, raw_email
+from tests.conversations.mail import ingest, raw_email, sent
 from tests.factories import (
     CompanyDomainFactory,
     CompanyFactory,
@@ -233,12 +233,14 @@ def test_timelines_merge_mailboxes_in_date_order(api_client: Client, team: Any, 
     m2 = ingest(
         team,
         box2,
-        raw_email(
-            mid="t2@company.test",
-            frm="sales@company.test",
-            to="anna@acme.test",
-            subject="Two",
-            date=T0 + timedelta(hours=1),
+        sent(
+            raw_email(
+                mid="t2@company.test",
+                frm="sales@company.test",
+                to="anna@acme.test",
+                subject="Two",
+                date=T0 + timedelta(hours=1),
+            )
         ),
     )[0]
     m3 = ingest(

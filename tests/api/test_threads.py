@@ -12,7 +12,7 @@ from django.test import Client
 from mailroom.conversations.models import Message, MessagePlacement, Participant, Thread, ThreadAlias
 from mailroom.core.tokens import make_message_id
 from mailroom.crm.models import ContactEmail
-from tests.conversations.mail import ingest, raw_email
+from tests.conversations.mail import ingest, raw_email, sent
 from tests.factories import ContactEmailFactory, ContactFactory, DealFactory, MailboxFactory
 
 pytestmark = pytest.mark.django_db
@@ -34,14 +34,16 @@ def world(team: Any) -> dict[str, Any]:
         team,
         box,
         raw_email(mid="a1@client.test", frm="anna@client.test", subject="Alpha", date=T0),
-        raw_email(
-            mid="a2@company.test",
-            frm="manager0@company.test",
-            to="anna@client.test",
-            subject="Re: Alpha",
-            date=T0 + timedelta(hours=1),
-            irt="a1@client.test",
-            refs=["a1@client.test"],
+        sent(
+            raw_email(
+                mid="a2@company.test",
+                frm="manager0@company.test",
+                to="anna@client.test",
+                subject="Re: Alpha",
+                date=T0 + timedelta(hours=1),
+                irt="a1@client.test",
+                refs=["a1@client.test"],
+            )
         ),
     )
     b1 = ingest(

@@ -11,28 +11,21 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from django.db import connection
 
 from mailroom.conversations.models import Message
 from mailroom.conversations.tasks import pipeline_run
 from mailroom.ingest.rawstore import IncomingRaw, store_batch
+from tests.dburl import subprocess_database_url
 from tests.ingest.helpers import make_mail
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
-
-
-def _database_url() -> str:
-    s = connection.settings_dict
-    if s["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{s['NAME']}"
-    return f"postgres://{s.get('USER') or 'postgres'}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
 
 
 @pytest.mark.parametrize("broker", ["redis://127.0.0.1:6379/15", "amqp://guest:guest@127.0.0.1:5672//"])
 def test_worker_processes_pipeline_from_broker(team: Any, tmp_path: Path, broker: str) -> None:
     store_batch(team_id=team.pk, kind="lmtp", items=[IncomingRaw(raw=make_mail(i), key=f"c{i}") for i in range(20)])
     env = {
-        **os.environ, "DATABASE_URL": _database_url(), "MAILROOM_DATA_DIR": str(tmp_path),
+        **os.environ, "DATABASE_URL": subprocess_database_url(), "MAILROOM_DATA_DIR": str(tmp_path),
         "MAILROOM_ENCRYPTION_KEYS": "test1:" + "A" * 43, "MAILROOM_TASKS": "celery", "CELERY_BROKER_URL": broker,
     }
     worker = subprocess.Popen(

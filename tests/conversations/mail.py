@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
@@ -39,24 +40,41 @@ def raw_email(
     return "\r\n".join(lines).encode()
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A copy of our own mail (found in a Sent folder / our outbox): stored as outgoing."""
+
+    raw: bytes
+
+
+def sent(raw: bytes) -> Sent:
+    return Sent(raw)
+
+
 _n = [0]
 
 
-def ingest(team: Any, mailbox: Any, *raws: bytes, kind: str = "lmtp", folder: Any = None) -> list[Message]:
-    """Store the messages (as the relay/IMAP would) and run the pipeline; return them in order."""
-    items = []
+def ingest(
+    team: Any, mailbox: Any, *raws: bytes | Sent, kind: str = "lmtp", folder: Any = None
+) -> list[Message]:
+    """Store the messages (as the relay/IMAP would; ``sent(raw)`` as a Sent-folder copy) and run the
+    pipeline; return them in order."""
+    pks: list[int] = []
     for raw in raws:
         _n[0] += 1
-        items.append(
-            IncomingRaw(raw=raw, key=f"test:{_n[0]}") if folder is None else IncomingRaw(raw=raw, uid=_n[0])
+        data = raw.raw if isinstance(raw, Sent) else raw
+        item = (
+            IncomingRaw(raw=data, key=f"test:{_n[0]}") if folder is None else IncomingRaw(raw=data, uid=_n[0])
         )
-    res = store_batch(
-        team_id=team.pk,
-        items=items,
-        kind=kind if folder is None else "imap",
-        mailbox=mailbox,
-        folder=folder,
-        uidvalidity=folder.uidvalidity if folder is not None else None,
-    )
+        res = store_batch(
+            team_id=team.pk,
+            items=[item],
+            kind=kind if folder is None else "imap",
+            mailbox=mailbox,
+            folder=folder,
+            uidvalidity=folder.uidvalidity if folder is not None else None,
+            direction=Message.Direction.OUTGOING if isinstance(raw, Sent) else None,
+        )
+        pks.extend(res.message_pks)
     drain()
-    return [Message.objects.get(pk=pk) for pk in res.message_pks]
+    return [Message.objects.get(pk=pk) for pk in pks]

@@ -9,11 +9,12 @@ import pytest
 
 from mailroom.conversations.linking import messages_link
 from mailroom.conversations.models import Message, MessageContact, Participant, Thread
+from mailroom.conversations.pipeline import drain
 from mailroom.core.tokens import make_message_id
 from mailroom.crm.models import Company, Contact, ContactEmail, Deal
 from mailroom.mailboxes.models import Mailbox
 from mailroom.routing.addresses import canonical_address
-from tests.conversations.mail import ingest, raw_email
+from tests.conversations.mail import ingest, raw_email, sent
 from tests.factories import (
     CompanyDomainFactory,
     CompanyFactory,
@@ -67,14 +68,16 @@ def _snapshot(team: Any) -> tuple[Any, ...]:
 
 def test_reply_chain_is_one_thread_with_counts_and_reasons(team: Any, mailbox: Mailbox) -> None:
     a = raw_email(mid="a@client.test", frm="Anna <anna@client.test>", subject="Quote", date=T0)
-    b = raw_email(
-        mid="b@company.test",
-        frm="manager0@company.test",
-        to="anna@client.test",
-        subject="Re: Quote",
-        date=T0 + timedelta(hours=1),
-        irt="a@client.test",
-        refs=["a@client.test"],
+    b = sent(
+        raw_email(
+            mid="b@company.test",
+            frm="manager0@company.test",
+            to="anna@client.test",
+            subject="Re: Quote",
+            date=T0 + timedelta(hours=1),
+            irt="a@client.test",
+            refs=["a@client.test"],
+        )
     )
     c = raw_email(
         mid="c@client.test",
@@ -120,12 +123,14 @@ def test_linking_twice_changes_nothing(team: Any, mailbox: Mailbox) -> None:
 
 
 def test_outlook_rewritten_message_id_joins_via_references(team: Any, mailbox: Mailbox) -> None:
-    first = raw_email(
-        mid="orig@company.test",
-        frm="manager0@company.test",
-        to="ceo@bigcorp.test",
-        subject="Proposal",
-        date=T0,
+    first = sent(
+        raw_email(
+            mid="orig@company.test",
+            frm="manager0@company.test",
+            to="ceo@bigcorp.test",
+            subject="Proposal",
+            date=T0,
+        )
     )
     # Exchange rewrote our Message-ID on the way and the reply keeps only References (no In-Reply-To).
     reply = raw_email(
@@ -145,13 +150,15 @@ def test_reply_with_changed_subject_joins_via_in_reply_to(team: Any, mailbox: Ma
         team,
         mailbox,
         raw_email(mid="p@client.test", frm="anna@client.test", subject="Invoice 42", date=T0),
-        raw_email(
-            mid="q@company.test",
-            frm="manager0@company.test",
-            to="anna@client.test",
-            subject="Totally different words",
-            date=T0 + timedelta(hours=3),
-            irt="p@client.test",
+        sent(
+            raw_email(
+                mid="q@company.test",
+                frm="manager0@company.test",
+                to="anna@client.test",
+                subject="Totally different words",
+                date=T0 + timedelta(hours=3),
+                irt="p@client.test",
+            )
         ),
     )
     assert _thread_ids(m2) == _thread_ids(m1)
@@ -165,14 +172,16 @@ def test_forward_starts_a_new_thread_unless_it_references_ours(team: Any, mailbo
     fwd = ingest(
         team,
         mailbox,
-        raw_email(
-            mid="x2@company.test",
-            frm="manager0@company.test",
-            to="engineer@partner.test",
-            subject="Fwd: Specs",
-            date=T0 + timedelta(hours=1),
-            irt="x1@client.test",
-            refs=["x1@client.test"],
+        sent(
+            raw_email(
+                mid="x2@company.test",
+                frm="manager0@company.test",
+                to="engineer@partner.test",
+                subject="Fwd: Specs",
+                date=T0 + timedelta(hours=1),
+                irt="x1@client.test",
+                refs=["x1@client.test"],
+            )
         ),
     )[0]
     assert _thread_ids(fwd)[0] != _thread_ids(m1)[0]
@@ -460,12 +469,14 @@ def test_reply_arriving_before_its_parent_is_joined_when_the_parent_comes(
     parent = ingest(
         team,
         mailbox,
-        raw_email(
-            mid="late1@company.test",
-            frm="manager0@company.test",
-            to="anna@client.test",
-            subject="Late",
-            date=T0,
+        sent(
+            raw_email(
+                mid="late1@company.test",
+                frm="manager0@company.test",
+                to="anna@client.test",
+                subject="Late",
+                date=T0,
+            )
         ),
     )[0]
     assert _thread_ids(parent) == _thread_ids(reply)
@@ -510,3 +521,172 @@ def test_relink_picks_up_a_contact_added_later(team: Any, mailbox: Mailbox) -> N
     messages_link(message_pks=[m.pk])
     assert Participant.objects.get(message=m, role="from").contact_id == c.pk
     assert list(MessageContact.objects.filter(contact=c).values_list("message_id", flat=True)) == [m.pk]
+
+
+def test_own_from_without_authentication_is_incoming_suspicious_and_off_the_thread(
+    team: Any, mailbox: Mailbox
+) -> None:
+    anna = ContactFactory(team=team)
+    ContactEmailFactory(contact=anna, address="anna@client.test", canonical="anna@client.test")
+    m1, m2 = ingest(
+        team,
+        mailbox,
+        raw_email(mid="o1@client.test", frm="anna@client.test", subject="Payment", date=T0),
+        sent(
+            raw_email(
+                mid="o2@company.test",
+                frm="manager0@company.test",
+                to="anna@client.test",
+                subject="Re: Payment",
+                date=T0 + timedelta(hours=1),
+                irt="o1@client.test",
+            )
+        ),
+    )
+    # Anyone can write "From: manager0@company.test": arriving in the INBOX without authentication.
+    fake = ingest(
+        team,
+        mailbox,
+        raw_email(
+            mid="o3@evil.test",
+            frm="Manager <manager0@company.test>",
+            to="anna@client.test",
+            subject="Re: Payment",
+            date=T0 + timedelta(hours=2),
+            irt="o2@company.test",
+        ),
+    )[0]
+    fake.refresh_from_db()
+    t1 = _thread_ids(m1)[0]
+    assert _thread_ids(m2) == [t1]
+    assert fake.thread_id not in (None, t1)
+    assert fake.direction == "incoming"
+    assert fake.routing is not None
+    assert fake.routing["thread"]["flags"] == ["suspicious", "unverified"]
+    assert _rules(fake) == ["unverified_sender", "own_address_unauthenticated", "in_reply_to_known"]
+    assert fake.routing["contacts"] == [
+        {
+            "rule": "unverified_sender",
+            "reason": "sender not linked to a contact until accepted",
+        },
+        {
+            "rule": "suspicious",
+            "reason": "claims one of our addresses unauthenticated: on no contact's card",
+        },
+    ]
+    thread = Thread.objects.get(pk=fake.thread_id)
+    assert (thread.verification, thread.claimed_thread_id, thread.message_count) == ("unverified", t1, 1)
+    # Not on Anna's card (the recipient), no contact for anybody.
+    assert list(MessageContact.objects.filter(message=fake).values_list("contact_id", flat=True)) == []
+    assert list(Participant.objects.filter(message=fake).values_list("contact_id", flat=True)) == [None, None]
+    assert Thread.objects.get(pk=t1).message_count == 2
+
+
+def test_own_from_authenticated_copy_is_outgoing(team: Any, mailbox: Mailbox, settings: Any) -> None:
+    settings.MAILROOM_TRUSTED_AUTHSERV_IDS = ["mx.company.test"]
+    m1 = ingest(
+        team, mailbox, raw_email(mid="w1@client.test", frm="anna@client.test", subject="Visit", date=T0)
+    )[0]
+    # Our own mail Bcc'd back to the mailbox, DKIM-signed by our domain: outgoing although not in Sent.
+    m2 = ingest(
+        team,
+        mailbox,
+        raw_email(
+            mid="w2@company.test",
+            frm="manager0@company.test",
+            to="anna@client.test",
+            subject="Re: Visit",
+            date=T0 + timedelta(hours=1),
+            irt="w1@client.test",
+            extra={"Authentication-Results": "mx.company.test; dkim=pass header.d=company.test"},
+        ),
+    )[0]
+    m2.refresh_from_db()
+    assert _thread_ids(m2) == _thread_ids(m1)
+    assert m2.direction == "outgoing"
+    assert _rules(m2) == ["own_address_authenticated", "in_reply_to_known", "sender_verified"]
+    assert m2.routing is not None and m2.routing["thread"]["flags"] == []
+
+
+def test_reply_delivered_to_a_relay_token_joins_the_token_thread(
+    team: Any, mailbox: Mailbox, settings: Any
+) -> None:
+    from mailroom.ingest.rawstore import IncomingRaw, store_batch
+    from mailroom.outbound.relay import relay_address, relay_token_create
+
+    settings.MAILROOM_RELAY_DOMAIN = "relay.company.test"
+    m1 = ingest(
+        team, mailbox, raw_email(mid="r1@client.test", frm="anna@client.test", subject="Offer", date=T0)
+    )[0]
+    t1 = _thread_ids(m1)[0]
+    token = relay_token_create(kind="client", mailbox=mailbox, owner=None, thread_id=t1)
+    # The client's mail program dropped every threading header and changed the subject.
+    raw = raw_email(
+        mid="r2@client.test",
+        frm="anna@client.test",
+        to=relay_address(token.token),
+        subject="our answer",
+        date=T0 + timedelta(hours=1),
+    )
+    res = store_batch(
+        team_id=team.pk,
+        items=[IncomingRaw(raw=raw, key=f"lmtp:{relay_address(token.token)}:abc123")],
+        kind="lmtp",
+        mailbox=mailbox,
+    )
+    drain()
+    m2 = Message.objects.get(pk=res.message_pks[0])
+    assert _thread_ids(m2) == [t1]
+    assert _rules(m2) == ["relay_token", "sender_verified"]
+    assert m2.routing is not None
+    assert m2.routing["thread"]["rules"][0] == {
+        "rule": "relay_token",
+        "reason": f"delivered to the signed reply address of thread {t1}",
+        "thread": t1,
+        "weight": 100,
+    }
+    # The same address in a header, without the envelope (not delivered through the relay), is no evidence.
+    m3 = ingest(
+        team,
+        mailbox,
+        raw_email(
+            mid="r3@client.test",
+            frm="anna@client.test",
+            to=relay_address(token.token),
+            subject="another thing",
+            date=T0 + timedelta(hours=2),
+        ),
+    )[0]
+    assert _thread_ids(m3)[0] != t1
+    assert _rules(m3) == ["new_thread"]
+
+
+def test_relay_token_follows_a_thread_merge(team: Any, mailbox: Mailbox, settings: Any) -> None:
+    from mailroom.conversations.threads import thread_merge
+    from mailroom.ingest.rawstore import IncomingRaw, store_batch
+    from mailroom.outbound.models import RelayToken
+    from mailroom.outbound.relay import relay_address, relay_token_create
+
+    settings.MAILROOM_RELAY_DOMAIN = "relay.company.test"
+    m1, m2 = ingest(
+        team,
+        mailbox,
+        raw_email(mid="k1@client.test", frm="anna@client.test", subject="One", date=T0),
+        raw_email(mid="k2@client.test", frm="anna@client.test", subject="Two", date=T0 + timedelta(hours=1)),
+    )
+    t1, t2 = _thread_ids(m1)[0], _thread_ids(m2)[0]
+    assert t1 is not None and t2 is not None and t1 != t2
+    token = relay_token_create(kind="client", mailbox=mailbox, owner=None, thread_id=t2)
+    thread_merge(survivor=Thread.objects.get(pk=t1), absorbed=Thread.objects.get(pk=t2), user=None)
+    assert RelayToken.objects.get(pk=token.pk).thread_id == t1
+    raw = raw_email(mid="k3@client.test", frm="anna@client.test", subject="hi", date=T0 + timedelta(hours=2))
+    res = store_batch(
+        team_id=team.pk,
+        items=[IncomingRaw(raw=raw, key=f"lmtp:{relay_address(token.token)}:k3")],
+        kind="lmtp",
+        mailbox=mailbox,
+    )
+    drain()
+    m3 = Message.objects.get(pk=res.message_pks[0])
+    assert _thread_ids(m3) == [t1]
+    assert _rules(m3) == ["relay_token", "sender_verified"]

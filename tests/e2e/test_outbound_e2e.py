@@ -9,12 +9,11 @@ import subprocess
 import sys
 import time
 from email import policy
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.utils import timezone
+from tests.dburl import subprocess_database_url
 from tests.factories import MailboxFactory, ThreadFactory
 
 from mailroom.conversations.models import Message, MessageRaw
@@ -122,14 +121,11 @@ def test_server_down_messages_wait_and_go_when_it_returns(team: Any, user: Any, 
 
 def test_kill_9_during_a_batch_of_200(team: Any, user: Any, dovecot: Any, postfix: Any, mail_user: Any,
                                       settings: Any) -> None:
-    db_name = str(connection.settings_dict["NAME"])
-    if "memory" in db_name or not Path(db_name).exists():
-        pytest.skip("needs a file database shared with the worker process: set MAILROOM_TEST_SQLITE=/path/test.sqlite3")
     manager, client = mail_user("company.test"), mail_user("client.test")
     mailbox = _mailbox(team, manager, dovecot, postfix)
     rows = [outbox_create(user=user, mailbox=mailbox, data=ComposeInput(to=(client.email,), subject=f"n{i}",
                                                                          text="x" * 2000))[0] for i in range(200)]
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db_name}",
+    env = {**os.environ, "DATABASE_URL": subprocess_database_url(),
            "MAILROOM_ENCRYPTION_KEYS": settings.MAILROOM_ENCRYPTION_KEYS, "MAILROOM_OUTBOX_LEASE_SECONDS": "600"}
     cmd = [sys.executable, "-m", "mailroom.cli", "outbox", "send-due", "--loop", "--limit", "20"]
     proc = subprocess.Popen(cmd, env=env)

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from mailroom.conversations.models import Message, Source
 from mailroom.ingest.engine import SyncEngine
 from mailroom.ingest.imap.worker import mailbox_sync_once
 from mailroom.mailboxes.models import Folder
+from tests.dburl import subprocess_database_url
 from tests.ingest.helpers import mailbox_for, make_mail
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
@@ -57,14 +57,6 @@ def test_idle_brings_new_mail_in_within_seconds(mail_user: Any) -> None:
     assert Source.objects.filter(mailbox=mb).count() == 4
 
 
-def _database_url() -> str:
-    s = connection.settings_dict
-    if s["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{s['NAME']}"
-    host = s.get("HOST") or "127.0.0.1"
-    return f"postgres://{s.get('USER') or 'postgres'}@{host}:{s.get('PORT') or 5432}/{s['NAME']}"
-
-
 def test_kill_minus_nine_during_import_then_restart_exactly_once(mail_user: Any, tmp_path: Path) -> None:
     user = mail_user()
     n = 1500
@@ -73,7 +65,7 @@ def test_kill_minus_nine_during_import_then_restart_exactly_once(mail_user: Any,
     mb = mailbox_for(user)
     env = {
         **os.environ,
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": subprocess_database_url(),
         "MAILROOM_DATA_DIR": str(tmp_path),
         "MAILROOM_ENCRYPTION_KEYS": "test1:" + "A" * 43,
     }

@@ -61,5 +61,11 @@ def test_sent_copy_turns_an_incoming_message_outgoing(team: Any) -> None:
     raw = make_mail(1, sender=mb.email, to="client@client.test")
     store_batch(team_id=team.pk, items=[IncomingRaw(raw=raw, key="colleague-inbox")], kind="lmtp")
     assert Message.objects.get().direction == "incoming"  # a From header alone proves nothing
+    pipeline.drain()
+    assert Message.objects.get().state == "linked"
     store_batch(team_id=team.pk, items=[IncomingRaw(raw=raw, uid=1)], kind="imap", mailbox=mb, folder=sent, uidvalidity=1)
-    assert Message.objects.get().direction == "outgoing"
+    msg = Message.objects.get()
+    assert (msg.direction, msg.state) == ("outgoing", "parsed")  # linked again, now as ours
+    pipeline.drain()
+    msg.refresh_from_db()
+    assert (msg.direction, msg.state) == ("outgoing", "linked")

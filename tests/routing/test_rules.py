@@ -204,3 +204,99 @@ def test_choose_deal() -> None:
     assert (amb.deal_id, amb.candidates, amb.hit.rule) == (None, (8, 9), "deal_ambiguous")
     assert choose_deal(DealInput(None, "", company_open_deals={3: (4,)})).deal_id == 4
     assert choose_deal(DealInput(None, "")).hit.rule == "no_open_deal"
+
+
+OWN = frozenset({"manager@company.test"})
+
+
+def test_own_from_unauthenticated_stays_incoming_is_suspicious_and_cannot_join() -> None:
+    cand = Candidates(
+        threads={1: _info(1, "anna@client.test", "manager@company.test")},
+        by_message_id={"p@x": 1},
+        own_addresses=OWN,
+    )
+    d = resolve(_msg(from_address="Manager@Company.test", in_reply_to=("p@x",)), cand)
+    assert (d.thread_id, d.claimed_thread_id, d.direction) == (None, 1, "incoming")
+    assert d.flags == ("suspicious", "unverified")
+    assert [h.rule for h in d.rules] == [
+        "unverified_sender",
+        "own_address_unauthenticated",
+        "in_reply_to_known",
+    ]
+    assert d.rules[0].reason == (
+        "claims to reply to thread 1, but Manager@Company.test is one of the team's addresses, "
+        "unauthenticated, not from a Sent folder"
+    )
+    assert d.rules[1].reason == (
+        "From Manager@Company.test is one of the team's addresses but the message is not authenticated "
+        "(dkim=none, dmarc=none) and was not found in a Sent folder: kept incoming, suspicious"
+    )
+    # Without header evidence: a new thread, still flagged, the rule recorded.
+    alone = resolve(_msg(from_address="manager@company.test", subject="Invoice"), cand)
+    assert (alone.thread_id, alone.flags, alone.direction) == (None, ("suspicious",), "incoming")
+    assert [h.rule for h in alone.rules] == ["own_address_unauthenticated", "new_thread"]
+
+
+def test_own_from_authenticated_or_sent_copy_is_outgoing() -> None:
+    cand = Candidates(threads={1: _info(1, "anna@client.test")}, by_message_id={"p@x": 1}, own_addresses=OWN)
+    dkim = AuthVerdict(
+        dkim="pass", dkim_domains=("mail.company.test",)
+    )  # aligned: same organizational domain
+    d = resolve(_msg(from_address="manager@company.test", in_reply_to=("p@x",), auth=dkim), cand)
+    assert (d.thread_id, d.flags, d.direction) == (1, (), "outgoing")
+    assert [h.rule for h in d.rules] == ["own_address_authenticated", "in_reply_to_known", "sender_verified"]
+    assert d.rules[0].reason == (
+        "From manager@company.test is one of the team's addresses (DKIM pass for mail.company.test): outgoing"
+    )
+    dmarc = resolve(
+        _msg(from_address="manager@company.test", in_reply_to=("p@x",), auth=AuthVerdict(dmarc="pass")), cand
+    )
+    assert (dmarc.thread_id, dmarc.direction) == (1, "outgoing")
+    # A signature of another domain vouches for nothing about From.
+    other = AuthVerdict(dkim="pass", dkim_domains=("evil.test",))
+    spoof = resolve(_msg(from_address="manager@company.test", in_reply_to=("p@x",), auth=other), cand)
+    assert (spoof.thread_id, spoof.direction, spoof.flags) == (None, "incoming", ("suspicious", "unverified"))
+    # A Sent-folder copy is outgoing without any check (and records no own-address rule).
+    sent = resolve(
+        _msg(from_address="manager@company.test", in_reply_to=("p@x",), direction="outgoing"), cand
+    )
+    assert (sent.thread_id, sent.direction, [h.rule for h in sent.rules]) == (
+        1,
+        "outgoing",
+        ["in_reply_to_known", "sender_verified"],
+    )
+
+
+def test_dmarc_failure_overrides_participation() -> None:
+    cand = Candidates(threads={1: _info(1, "anna@client.test")}, by_message_id={"p@x": 1})
+    d = resolve(_msg(in_reply_to=("p@x",), auth=AuthVerdict(dkim="fail", dmarc="fail")), cand)
+    assert (d.thread_id, d.claimed_thread_id, d.flags) == (None, 1, ("unverified",))
+    assert d.rules[0].reason == "claims to reply to thread 1, but anna@client.test fails DMARC (dkim=fail)"
+
+
+def test_relay_token_outweighs_other_headers() -> None:
+    cand = Candidates(
+        threads={1: _info(1, "anna@client.test"), 2: _info(2, "anna@client.test")}, by_message_id={"p@x": 2}
+    )
+    d = resolve(_msg(in_reply_to=("p@x",), relay_thread_id=1), cand)
+    assert d.thread_id == 1
+    assert [(h.rule, h.thread_id, h.weight) for h in d.rules] == [
+        ("relay_token", 1, 100),
+        ("in_reply_to_known", 2, 80),
+        ("conflicting_evidence", None, 0),
+        ("sender_verified", None, 0),
+    ]
+    assert d.rules[0].reason == "delivered to the signed reply address of thread 1"
+    # A forward delivered to a reply address still follows the token (it cannot be forged).
+    assert resolve(_msg(subject="Fwd: Hi", relay_thread_id=1), cand).thread_id == 1
+
+
+def test_a_references_chain_into_one_thread_is_recorded_once() -> None:
+    cand = Candidates(threads={1: _info(1, "anna@client.test")}, by_message_id={"a@x": 1, "b@x": 1, "c@x": 1})
+    d = resolve(_msg(in_reply_to=("c@x",), references=("a@x", "b@x", "c@x")), cand)
+    assert d.thread_id == 1
+    assert [(h.rule, h.reason) for h in d.rules] == [
+        ("in_reply_to_known", "In-Reply-To <c@x> is in thread 1"),
+        ("references_known", "References <c@x> (1 from the end) is in thread 1 (+2 more)"),
+        ("sender_verified", "anna@client.test is a participant of thread 1"),
+    ]

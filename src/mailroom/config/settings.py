@@ -124,7 +124,8 @@ STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_USE_FINDERS = True  # serve the admin's static files without a collectstatic step
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
 
 # --- Mailroom -------------------------------------------------------------------------------------
 # AEAD keys for secrets at rest: "kid1:base64key,kid0:base64key" (first one encrypts; all decrypt).

@@ -5,13 +5,17 @@ from django.db import models
 
 
 class Thread(models.Model):
-    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="threads")
+    # team, deal: no index of their own; thread_team_recent / thread_deal_recent lead with them.
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="threads", db_index=False)
     subject = models.CharField(max_length=1000, blank=True)
-    normalized_subject = models.CharField(max_length=1000, blank=True, db_index=True)
+    # Indexed by thread_team_subject (every lookup is per team).
+    normalized_subject = models.CharField(max_length=1000, blank=True)
     first_message_at = models.DateTimeField(null=True, blank=True)
     last_message_at = models.DateTimeField(null=True, blank=True)
     message_count = models.PositiveIntegerField(default=0)
-    deal = models.ForeignKey("crm.Deal", null=True, blank=True, on_delete=models.SET_NULL, related_name="threads")
+    deal = models.ForeignKey(
+        "crm.Deal", null=True, blank=True, on_delete=models.SET_NULL, related_name="threads", db_index=False
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     # --- linking (issue 4) ---
@@ -59,7 +63,8 @@ class Message(models.Model):
         INCOMING = "incoming", "Incoming"
         OUTGOING = "outgoing", "Outgoing"
 
-    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="messages")
+    # No index of its own: message_team_mid / message_team_date lead with it.
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="messages", db_index=False)
     message_id = models.TextField()
     message_id_hash = models.CharField(max_length=64)  # sha256 hex of message_id (indexable)
     message_id_synthesised = models.BooleanField(default=False)
@@ -76,7 +81,10 @@ class Message(models.Model):
     references = models.JSONField(default=list)
     direction = models.CharField(max_length=10, choices=Direction.choices, default=Direction.INCOMING)
 
-    thread = models.ForeignKey(Thread, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
+    # No index of its own: message_thread_date (thread, date) serves every lookup by thread.
+    thread = models.ForeignKey(
+        Thread, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages", db_index=False
+    )
 
     # Pipeline.
     state = models.CharField(max_length=12, choices=State.choices, default=State.STORED)

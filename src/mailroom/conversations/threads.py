@@ -52,6 +52,16 @@ def _place(message_ids: list[int], thread: Thread, reason: str, user: Any) -> No
     )
 
 
+def thread_refs_follow_merge(*, absorbed_id: int, survivor_id: int) -> None:
+    """Point what other packages hang on the absorbed thread at the survivor before it is deleted: a
+    relay token (``reply+<token>@``) would otherwise be deleted with it (its foreign key cascades) and
+    the client's next reply through it would lose its thread; outbox rows would lose theirs."""
+    from mailroom.outbound.models import OutboxMessage, RelayToken
+
+    RelayToken.objects.filter(thread_id=absorbed_id).update(thread_id=survivor_id)
+    OutboxMessage.objects.filter(thread_id=absorbed_id).update(thread_id=survivor_id)
+
+
 def _user(user: Any) -> Any:
     return user if getattr(user, "is_authenticated", False) else None
 
@@ -76,6 +86,7 @@ def thread_merge(
         defaults={"team_id": survivor.team_id, "survivor": survivor, "created_by": _user(user)},
     )
     Thread.objects.filter(claimed_thread=absorbed).update(claimed_thread=survivor)
+    thread_refs_follow_merge(absorbed_id=absorbed.pk, survivor_id=survivor.pk)
     if survivor.deal_id is None and absorbed.deal_id is not None:
         survivor.deal_id, survivor.deal_source = absorbed.deal_id, absorbed.deal_source
         survivor.save(update_fields=["deal", "deal_source"])

@@ -177,9 +177,14 @@ def store_batch(
 
         if batch_direction == Message.Direction.OUTGOING and existing:
             # A message we first saw arriving (a colleague's INBOX) turns out to be ours (our Sent).
-            Message.objects.filter(
+            # If it was already linked as incoming (e.g. flagged "claims our address"), link it again.
+            upgraded = Message.objects.filter(
                 pk__in=[existing[i] for i in idents if i in existing], direction=Message.Direction.INCOMING
-            ).update(direction=Message.Direction.OUTGOING)
+            )
+            upgraded.filter(state=Message.State.LINKED).update(
+                direction=Message.Direction.OUTGOING, state=Message.State.PARSED
+            )
+            upgraded.update(direction=Message.Direction.OUTGOING)
 
         sources: list[Source] = []
         for item, ident in zip(items, idents, strict=True):

@@ -68,6 +68,7 @@ def domain_of(address: str) -> str:
     return split(address)[1]
 
 
+@lru_cache(maxsize=1 << 16)  # pure and called for every participant of every message
 def canonical_address(address: str) -> str:
     """The provider-normalised form: lower-case; plus-tags and (Gmail) dots removed; domain aliases."""
     local, domain = split(address)

@@ -7,20 +7,27 @@ thread). Without header evidence, a reply-looking message may join a thread with
 subject and shared participants inside a time window. A forward starts a new thread unless it
 references one of our own Message-IDs. A sender who is neither a participant of the chosen thread nor
 authenticated gets a thread of his own, flagged ``unverified`` with the thread it claims.
+
+Direction: a copy is outgoing when it was found in a Sent folder or our outbox (``msg.direction``), or
+when its From is one of the team's addresses *and* authenticated (DKIM aligned / DMARC pass). An
+unauthenticated incoming message claiming one of our addresses stays incoming, is flagged
+``suspicious`` (rule ``own_address_unauthenticated``) and may not join a thread as that sender.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mailroom.routing.rules import (
     HEADER_RULES,
+    OUTGOING,
     STRONG_RULES,
     Candidates,
     RoutingInput,
     RuleHit,
+    own_from,
     sender_verified,
     subject_fallback,
 )
@@ -30,6 +37,7 @@ FLAG_UNVERIFIED = "unverified"
 FLAG_FORWARD = "forward"
 FLAG_AUTO_REPLY = "auto_reply"
 FLAG_BULK = "bulk"
+FLAG_SUSPICIOUS = "suspicious"  # claims one of our own addresses without authentication
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +49,7 @@ class RoutingDecision:
     normalized_subject: str = ""
     # Threads made of replies to this message that arrived before it: they join the chosen thread.
     merge_thread_ids: tuple[int, ...] = ()
+    direction: str = "incoming"  # the message's direction after the own-address check
 
     @property
     def new_thread(self) -> bool:
@@ -71,6 +80,28 @@ def _score(hits: list[RuleHit]) -> dict[int, float]:
     }
 
 
+def _collapse(hits: list[RuleHit]) -> list[RuleHit]:
+    """One recorded hit per (rule, thread): the strongest, saying how many more agreed (a long
+    References chain into one thread is one piece of evidence, not ten lines of it)."""
+    seen: dict[tuple[str, int | None], int] = {}
+    extra: dict[int, int] = defaultdict(int)
+    out: list[RuleHit] = []
+    for h in hits:
+        if h.thread_id is None:
+            out.append(h)
+            continue
+        key = (h.rule, h.thread_id)
+        if key in seen:
+            extra[seen[key]] += 1
+            continue
+        seen[key] = len(out)
+        out.append(h)
+    for i, n in extra.items():
+        h = out[i]
+        out[i] = RuleHit(h.rule, f"{h.reason} (+{n} more)", h.thread_id, h.weight)
+    return out
+
+
 def resolve(msg: RoutingInput, cand: Candidates) -> RoutingDecision:
     norm = normalize_subject(msg.subject)
     flags: list[str] = []
@@ -78,6 +109,15 @@ def resolve(msg: RoutingInput, cand: Candidates) -> RoutingDecision:
         flags.append(FLAG_AUTO_REPLY)
     if msg.is_bulk:
         flags.append(FLAG_BULK)
+    pre: list[RuleHit] = []
+    own = own_from(msg, cand.own_addresses)
+    if own is not None:
+        pre.append(own)
+        if own.rule == "own_address_authenticated":
+            msg = replace(msg, direction=OUTGOING)
+        else:
+            flags.append(FLAG_SUSPICIOUS)
+    direction = msg.direction
 
     if cand.override_thread is not None:
         hit = RuleHit(
@@ -86,7 +126,7 @@ def resolve(msg: RoutingInput, cand: Candidates) -> RoutingDecision:
             cand.override_thread,
             1000,
         )
-        return RoutingDecision(cand.override_thread, (hit,), tuple(flags), None, norm)
+        return RoutingDecision(cand.override_thread, (hit, *pre), tuple(flags), None, norm, (), direction)
 
     hits: list[RuleHit] = []
     for rule in HEADER_RULES:
@@ -101,20 +141,27 @@ def resolve(msg: RoutingInput, cand: Candidates) -> RoutingDecision:
             if ignored:
                 reason += f" (header evidence for thread(s) {', '.join(map(str, ignored))} ignored)"
             return RoutingDecision(
-                None, (RuleHit("forward_new_thread", reason), *hits), tuple(flags), None, norm
+                None,
+                (*pre, RuleHit("forward_new_thread", reason), *_collapse(hits)),
+                tuple(flags),
+                None,
+                norm,
+                (),
+                direction,
             )
 
     scores = _score(hits)
     if not scores:
         fallback = subject_fallback(msg, cand)
         if fallback is not None:
-            return RoutingDecision(fallback.thread_id, (fallback,), tuple(flags), None, norm)
-        return RoutingDecision(
-            None, (RuleHit("new_thread", "no evidence of an existing thread"),), tuple(flags), None, norm
-        )
+            return RoutingDecision(
+                fallback.thread_id, (*pre, fallback), tuple(flags), None, norm, (), direction
+            )
+        new = RuleHit("new_thread", "no evidence of an existing thread")
+        return RoutingDecision(None, (*pre, new), tuple(flags), None, norm, (), direction)
 
     best = min(scores, key=lambda t: (-scores[t], t))
-    rules: list[RuleHit] = sorted(hits, key=lambda h: (h.thread_id != best, -h.weight))
+    rules: list[RuleHit] = pre + _collapse(sorted(hits, key=lambda h: (h.thread_id != best, -h.weight)))
     others = sorted(t for t in scores if t != best)
     if others:
         rules.append(
@@ -123,17 +170,17 @@ def resolve(msg: RoutingInput, cand: Candidates) -> RoutingDecision:
                 f"weaker evidence for thread(s) {', '.join(map(str, others))} outweighed",
             )
         )
-    ok, why = sender_verified(msg, cand.threads.get(best))
+    ok, why = sender_verified(msg, cand.threads.get(best), cand.own_addresses)
     if not ok:
         flags.append(FLAG_UNVERIFIED)
         rules.insert(0, RuleHit("unverified_sender", f"claims to reply to thread {best}, but {why}"))
-        return RoutingDecision(None, tuple(rules), tuple(flags), best, norm)
+        return RoutingDecision(None, tuple(rules), tuple(flags), best, norm, (), direction)
     rules.append(RuleHit("sender_verified", why))
     # Replies that arrived before this message started threads of their own: this message bridges them.
     merge: list[int] = []
     for h in hits:
         if h.rule == "referenced_by_thread" and h.thread_id is not None and h.thread_id != best:
-            ok_other, why_other = sender_verified(msg, cand.threads.get(h.thread_id))
+            ok_other, why_other = sender_verified(msg, cand.threads.get(h.thread_id), cand.own_addresses)
             if ok_other and h.thread_id not in merge:
                 merge.append(h.thread_id)
                 rules.append(
@@ -145,4 +192,4 @@ def resolve(msg: RoutingInput, cand: Candidates) -> RoutingDecision:
                         h.weight,
                     )
                 )
-    return RoutingDecision(best, tuple(rules), tuple(flags), None, norm, tuple(merge))
+    return RoutingDecision(best, tuple(rules), tuple(flags), None, norm, tuple(merge), direction)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from mailroom.parsing.authn import aligned
 from mailroom.routing.addresses import canonical_address, domain_of
 from mailroom.routing.subjects import is_forward, is_reply, normalize_subject
 from mailroom.routing.threadindex import conversation_id
@@ -54,15 +55,24 @@ class AuthVerdict:
         )
 
     def authenticates(self, address: str) -> tuple[bool, str]:
-        """Whether the verdict vouches for ``address``'s domain, with the reason."""
+        """Whether the verdict vouches for ``address``'s domain (the From domain), with the reason.
+
+        DMARC is evaluated by parsing against the From domain (a valid DKIM signature aligned with it,
+        or a trusted ``Authentication-Results: dmarc=pass``); otherwise a valid DKIM signature whose
+        d= is aligned (same organizational domain) with ``address``'s domain."""
         if self.dmarc == "pass":
             return True, "DMARC pass"
         domain = domain_of(address)
         if self.dkim == "pass" and domain:
             for d in self.dkim_domains:
-                if domain == d or domain.endswith("." + d) or d.endswith("." + domain):
+                if aligned(d, domain):
                     return True, f"DKIM pass for {d}"
         return False, f"dkim={self.dkim}, dmarc={self.dmarc}"
+
+    @property
+    def failed(self) -> bool:
+        """The From domain's DMARC check failed: the sender is forged, whoever it claims to be."""
+        return self.dmarc == "fail"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +92,9 @@ class RoutingInput:
     gm_thrid: str = ""
     is_auto_reply: bool = False
     is_bulk: bool = False
-    direction: str = INCOMING
+    direction: str = INCOMING  # outgoing only for a Sent-folder copy or our outbox (never from From)
+    # The thread of the relay token (``reply+<token>@``) the message was delivered to over LMTP.
+    relay_thread_id: int | None = None
 
     @property
     def referenced_ids(self) -> tuple[str, ...]:
@@ -109,8 +121,6 @@ class Candidates:
     threads: Mapping[int, ThreadInfo] = field(default_factory=dict)
     # Referenced ids that are our own signed Message-IDs -> the thread they name (after merges).
     own_message_ids: Mapping[str, int] = field(default_factory=dict)
-    # Recipient relay addresses (reply+token@) -> thread.
-    relay_threads: Mapping[str, int] = field(default_factory=dict)
     # Message-ID -> thread of a stored message (other than this one) with that Message-ID.
     by_message_id: Mapping[str, int] = field(default_factory=dict)
     # Message-ID -> threads whose messages reference it.
@@ -153,16 +163,11 @@ def own_message_id(msg: RoutingInput, cand: Candidates) -> list[RuleHit]:
 
 
 def relay_token(msg: RoutingInput, cand: Candidates) -> list[RuleHit]:
-    return [
-        RuleHit(
-            "relay_token",
-            f"sent to the signed reply address {addr} of thread {cand.relay_threads[addr]}",
-            cand.relay_threads[addr],
-            W_RELAY_TOKEN,
-        )
-        for addr in (*msg.to, *msg.cc)
-        if addr in cand.relay_threads
-    ]
+    """Delivered over LMTP to a signed reply address (the relay checked the token and the sender)."""
+    t = msg.relay_thread_id
+    if t is None:
+        return []
+    return [RuleHit("relay_token", f"delivered to the signed reply address of thread {t}", t, W_RELAY_TOKEN)]
 
 
 def same_message_id(msg: RoutingInput, cand: Candidates) -> list[RuleHit]:
@@ -298,12 +303,45 @@ def subject_fallback(msg: RoutingInput, cand: Candidates) -> RuleHit | None:
     return None
 
 
-def sender_verified(msg: RoutingInput, info: ThreadInfo | None) -> tuple[bool, str]:
-    """Anti-spoofing: may this message join ``info`` as its sender? A participant of the thread, an
-    authenticated sender (DKIM aligned or DMARC pass), or our own outgoing mail may."""
+# --- direction -------------------------------------------------------------------------------------------
+def own_from(msg: RoutingInput, own: frozenset[str]) -> RuleHit | None:
+    """An incoming copy whose From is one of the team's own addresses: outgoing when the From domain is
+    authenticated (a copy of our mail that came back: Cc, Bcc, a colleague's INBOX), else suspicious
+    (anyone can write ``From: manager@company``). ``None`` when From is not ours or the copy is
+    already outgoing (Sent folder, our outbox)."""
+    if msg.direction == OUTGOING or not msg.from_address:
+        return None
+    if canonical_address(msg.from_address) not in own:
+        return None
+    ok, why = msg.auth.authenticates(msg.from_address)
+    if ok:
+        return RuleHit(
+            "own_address_authenticated",
+            f"From {msg.from_address} is one of the team's addresses ({why}): outgoing",
+        )
+    return RuleHit(
+        "own_address_unauthenticated",
+        f"From {msg.from_address} is one of the team's addresses but the message is not authenticated "
+        f"({why}) and was not found in a Sent folder: kept incoming, suspicious",
+    )
+
+
+def sender_verified(
+    msg: RoutingInput, info: ThreadInfo | None, own: frozenset[str] = frozenset()
+) -> tuple[bool, str]:
+    """Anti-spoofing: may this message join ``info`` as its sender? Our own outgoing mail, a participant
+    of the thread, or an authenticated sender (DKIM aligned or DMARC pass) may; never a sender whose
+    domain fails DMARC, nor an unauthenticated incoming message claiming one of our own addresses."""
     if msg.direction == OUTGOING:
         return True, "outgoing mail of the team"
     sender = canonical_address(msg.from_address) if msg.from_address else ""
+    if msg.auth.failed:
+        return False, f"{msg.from_address or 'the sender'} fails DMARC (dkim={msg.auth.dkim})"
+    if sender and sender in own:
+        return (
+            False,
+            f"{msg.from_address} is one of the team's addresses, unauthenticated, not from a Sent folder",
+        )
     if info is not None and sender and sender in info.participants:
         return True, f"{msg.from_address} is a participant of thread {info.thread_id}"
     ok, why = msg.auth.authenticates(msg.from_address)

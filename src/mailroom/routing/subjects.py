@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 # Reply prefixes (case-insensitive): English, German (AW), Nordic (SV, VS), Dutch (Antw), Polish (Odp),
 # Italian (R, Rif), Spanish (RV is forward), Russian (Отв, Ответ), Turkish (YNT), Czech (Odp), ...
@@ -86,6 +87,7 @@ def base_subject(subject: str) -> str:
             return text.strip()
 
 
+@lru_cache(maxsize=1 << 14)  # pure; routing asks several times per message
 def normalize_subject(subject: str) -> str:
     """The comparison key of a subject: base subject, case-folded, whitespace collapsed."""
     return _WS.sub(" ", base_subject(subject)).casefold().strip()[:1000]
@@ -107,12 +109,14 @@ def subject_prefixes(subject: str) -> list[str]:
         text = text2
 
 
+@lru_cache(maxsize=1 << 14)  # pure; routing asks several times per message
 def is_forward(subject: str) -> bool:
     """Whether the subject marks a forward (its first prefix is a forward word)."""
     words = subject_prefixes(subject)
     return bool(words) and words[0] in FORWARD_WORDS
 
 
+@lru_cache(maxsize=1 << 14)  # pure; routing asks several times per message
 def is_reply(subject: str) -> bool:
     words = subject_prefixes(subject)
     return bool(words) and words[0] in REPLY_WORDS

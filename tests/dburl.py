@@ -1,0 +1,12 @@
+"""The test database as a DATABASE_URL, for subprocesses of end-to-end tests (kill -9 runs, workers)."""
+
+from __future__ import annotations
+
+from django.db import connection
+
+
+def subprocess_database_url() -> str:
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    return f"postgres://{s.get('USER') or 'postgres'}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"

@@ -1,0 +1,48 @@
+"""The home page in headless Chromium: log in, see the mailboxes, watch import progress refresh."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mailroom.mailboxes.models import Folder
+from tests.factories import FolderFactory, MailboxFactory, UserFactory
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost",
+]
+
+
+def test_login_and_live_sync_progress(live_server: Any, team: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls below are plain sync code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+    UserFactory(username="olga", team=team)
+    mb = MailboxFactory(team=team, email="sales@company.test", health="syncing")
+    folder = FolderFactory(mailbox=mb, server_count=200, stored_count=50, backfill_done=False)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            outside: list[str] = []
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(live_server.url) else None)
+            page.goto(f"{live_server.url}/")
+            page.fill("#id_username", "olga")
+            page.fill("#id_password", "pass-word-1")
+            page.click("input[type=submit]")
+            page.wait_for_url(f"{live_server.url}/")
+            assert page.inner_text("#mailboxes").count("sales@company.test") == 1
+            assert "INBOX: 50 / 200" in page.inner_text("#mailboxes")
+            Folder.objects.filter(pk=folder.pk).update(stored_count=200, backfill_done=True)
+            page.wait_for_function("document.querySelector('#mailboxes').innerText.includes('INBOX: 200 / 200')", timeout=10_000)
+            assert page.locator("#mailboxes progress").count() == 0
+            assert outside == []
+        finally:
+            browser.close()
