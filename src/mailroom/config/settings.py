@@ -93,11 +93,14 @@ else:
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers (API) run beside the writer (sync); synchronous=FULL makes a commit durable
     # before we acknowledge anything (IMAP cursor, LMTP 250); IMMEDIATE avoids upgrade deadlocks.
+    # 64 KiB pages (effective when the database file is created): raw messages are large blobs, which
+    # SQLite stores as chains of overflow pages; big pages write them about twice as fast as 4 KiB.
     DATABASES["default"]["OPTIONS"].update(
         {
             "init_command": (
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; "
-                "PRAGMA busy_timeout=30000; PRAGMA cache_size=-16384;"
+                "PRAGMA page_size=65536; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
+                "PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000; PRAGMA cache_size=-65536; "
+                "PRAGMA journal_size_limit=134217728;"
             ),
             "transaction_mode": "IMMEDIATE",
             "timeout": 30,

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import getaddresses, parsedate_tz
+from functools import lru_cache
 
 from mailroom.parsing.rawheaders import parse_header_block
 
@@ -82,9 +83,15 @@ def parse_addresses(values: list[str] | None) -> tuple[Address, ...]:
     """Addresses of one or more header values, display names decoded (RFC 2047 or raw 8-bit)."""
     if not values:
         return ()
+    return _parse_addresses(tuple(str(v) for v in values))
+
+
+@lru_cache(maxsize=8192)
+def _parse_addresses(values: tuple[str, ...]) -> tuple[Address, ...]:
+    # Cached: a mailbox's correspondents repeat, and the stdlib address parser is slow.
     out: list[Address] = []
     seen: set[str] = set()
-    for name, addr in getaddresses([str(v) for v in values]):
+    for name, addr in getaddresses(list(values)):
         addr = normalize_address(_decode(addr) if not addr.isascii() else addr)
         if not addr or addr in seen:
             continue

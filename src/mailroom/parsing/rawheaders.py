@@ -61,8 +61,10 @@ def find_header_end(data: bytes, start: int, end: int) -> int:
         return start + 1
     if data.startswith(b"\r\n", start):
         return start + 2
-    pos = data.find(b"\n\n", start, end)
+    # Look for the CRLF form first and search the LF form only before it: a CRLF message has no
+    # "\n\n", and searching for it would scan the whole body (megabytes of attachment).
     pos_crlf = data.find(b"\n\r\n", start, end)
+    pos = data.find(b"\n\n", start, end if pos_crlf == -1 else pos_crlf + 1)
     if pos == -1 and pos_crlf == -1:
         return end
     if pos == -1 or (pos_crlf != -1 and pos_crlf < pos):
