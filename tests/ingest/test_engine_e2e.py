@@ -92,3 +92,26 @@ def test_kill_minus_nine_during_import_then_restart_exactly_once(mail_user: Any,
     assert sorted(Source.objects.filter(folder=inbox).values_list("uid", flat=True)) == user.dovecot.list_uids(user.email)
     # Nothing is left half-done: a last in-process pass finds nothing new.
     assert {k: v.stored for k, v in mailbox_sync_once(mb).items()} == {"INBOX": 0, "Sent": 0}
+
+
+def test_idle_is_not_a_busy_loop(mail_user: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailroom.ingest.imap.client import ImapSession
+
+    calls = {"examine": 0}
+    real = ImapSession.examine
+
+    def counting(self: ImapSession, name: str) -> Any:
+        calls["examine"] += 1
+        return real(self, name)
+
+    monkeypatch.setattr(ImapSession, "examine", counting)
+    user = mail_user()
+    mailbox_for(user, sync_roles=["inbox"])
+    engine = SyncEngine(reconcile_seconds=0.5, idle_seconds=2.0)
+    engine.start()
+    try:
+        time.sleep(4.5)
+    finally:
+        engine.stop()
+    # One pass to start, then one per 2-second IDLE slice: a handful, not hundreds.
+    assert 1 <= calls["examine"] <= 5, calls

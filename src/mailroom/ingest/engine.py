@@ -14,7 +14,7 @@ import uuid
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.db.models import Q
 from django.utils import timezone
 
@@ -62,6 +62,12 @@ class PipelineWorker(threading.Thread):
         self.sweep_seconds = sweep_seconds
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            connections.close_all()
+
+    def _run(self) -> None:
         while not self.stop_event.is_set():
             self.wake.wait(self.sweep_seconds)
             self.wake.clear()
@@ -120,6 +126,11 @@ class SyncEngine:
         for r in self.runners.values():
             r.kick_event.set()
         self._thread.join(timeout)
+        # Wait for the mailbox runners and pipeline workers: nothing may touch the database after
+        # stop() returns (a test's flush, a clean shutdown).
+        deadline = time.monotonic() + timeout
+        for t in [*self.runners.values(), *self.workers]:
+            t.join(max(0.1, deadline - time.monotonic()))
         try:
             lease_release(owner=self.owner)
         except Exception:

@@ -210,6 +210,9 @@ class ImapSession:
             info = self.client.select_folder(name, readonly=True)
         except imapexc.IMAPClientError as exc:
             raise ImapError("folder", f"cannot open folder {name!r}: {exc}") from exc
+        # IMAPClient read the SELECT's untagged responses but leaves them in imaplib's dict: clear it,
+        # so that an EXISTS found there later (see idle_wait) is a real announcement.
+        self.imap.untagged_responses.clear()
         self.selected = name
         modseq = info.get(b"HIGHESTMODSEQ")
         uidnext = info.get(b"UIDNEXT")
@@ -282,19 +285,44 @@ class ImapSession:
 
     # --- IDLE -----------------------------------------------------------------------------------
     def idle_wait(self, timeout: float) -> bool:
-        """IDLE on the selected folder up to ``timeout`` seconds. True if the server announced a change."""
+        """IDLE on the selected folder up to ``timeout`` seconds. True if the server announced a change.
+
+        One ``idle_check`` call: imaplib reads through a buffered file, so polling the socket in
+        short slices could leave an announcement sitting in the buffer unseen."""
+        # An EXISTS the server sent during our last SEARCH/FETCH sits in imaplib's untagged
+        # responses; IDLE would not repeat it, so report it now.
+        pending = self.imap.untagged_responses
+        if any(pending.pop(k, None) for k in ("EXISTS", "RECENT")):
+            return True
         if not self.has("IDLE"):
             self.client.noop()
             return False
         self.client.idle()
+        responses: list[Any] = []
         try:
-            responses = self.client.idle_check(timeout=timeout)
+            # The server may have sent an EXISTS in the same packet as "+ idling": it then sits in
+            # imaplib's read buffer, where polling the socket cannot see it.
+            if not self._buffered():
+                responses = list(self.client.idle_check(timeout=timeout))
         finally:
-            self.client.idle_done()
+            _, after = self.client.idle_done()
+            responses.extend(after)
         return any(
             len(r) >= 2 and isinstance(r[1], bytes) and r[1] in (b"EXISTS", b"RECENT", b"EXPUNGE", b"FETCH")
             for r in responses
         )
+
+    def _buffered(self) -> bool:
+        """Is there unread data in imaplib's buffer (without blocking)?"""
+        sock = self.client.socket()
+        previous = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            return bool(self.imap.file.peek(1))  # type: ignore[union-attr]
+        except (BlockingIOError, ssl.SSLWantReadError, TimeoutError):
+            return False
+        finally:
+            sock.settimeout(previous)
 
 
 def parse_fetch_response(data: list[Any]) -> Iterator[Fetched]:

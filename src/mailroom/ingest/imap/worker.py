@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -34,6 +34,7 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 SIZE_WINDOW = 2000  # UIDs whose sizes we ask for at once
 NEW_MAIL_CHECK_SECONDS = 2.0  # during a long backfill, look for new mail this often
 MAX_UID_ATTEMPTS = 3
+IDLE_SLICE_SECONDS = 5.0  # IDLE is renewed this often: other folders polled, stop() noticed
 
 Progress = Callable[[Folder, int], None]  # (folder, messages stored in this step)
 
@@ -278,6 +279,10 @@ def sync_folder(
         new = session.uids_above(folder.synced_high_uid)
         _import_uids(session, mailbox, folder, new, ascending=True, result=result, progress=progress)
 
+    if not plan.backfill and not folder.backfill_done:
+        # Oldest-first or empty at the first look: there is nothing below to backfill.
+        Folder.objects.filter(pk=folder.pk).update(backfill_done=True)
+        folder.backfill_done = True
     if plan.backfill and not folder.backfill_done:
         deadline = time.monotonic() + backfill_seconds if backfill_seconds else None
         while True:
@@ -378,6 +383,12 @@ class MailboxRunner(threading.Thread):
         self.idle_seconds = idle_seconds
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            connections.close_all()  # this thread's connections: nothing left open after stop()
+
+    def _run(self) -> None:
         while not self.stop_event.is_set():
             close_old_connections()
             try:
@@ -407,7 +418,8 @@ class MailboxRunner(threading.Thread):
         session = open_session(mailbox)
         try:
             folders = folders_refresh(session, mailbox)
-            selected = [f for f in folders if f.selected]
+            # INBOX last, so that it is the selected folder when IDLE starts.
+            selected = sorted((f for f in folders if f.selected), key=lambda f: f.role == Folder.Role.INBOX)
             inbox = next((f for f in selected if f.role == Folder.Role.INBOX), None)
             health_syncing(mailbox)
             while not self.stop_event.is_set():
@@ -423,8 +435,12 @@ class MailboxRunner(threading.Thread):
                     self.kick_event.wait(self.idle_seconds)
                     continue
                 # IDLE on INBOX; other folders are polled when IDLE ends (change or timeout).
-                session.examine(inbox.name)
-                changed = session.idle_wait(timeout=min(self.idle_seconds, 5.0) if len(selected) > 1 else self.idle_seconds)
+                # INBOX was synced last and is still selected: anything that arrived after that
+                # EXAMINE is announced during IDLE (a fresh EXAMINE here would swallow it).
+                if session.selected != inbox.name:
+                    session.examine(inbox.name)
+                    sync_folder(session, mailbox, inbox)
+                changed = session.idle_wait(timeout=min(self.idle_seconds, IDLE_SLICE_SECONDS))
                 if changed:
                     sync_folder(session, mailbox, inbox)
         finally:
