@@ -141,28 +141,6 @@ def child(args: argparse.Namespace) -> int:
         imap_security="plain", smtp_host="127.0.0.1", smtp_port=25, smtp_security="plain", password=PASSWORD,
         sync_roles=["inbox"],
     )
-    if os.environ.get("BENCH_NOGC"):
-        import gc
-
-        gc.disable()
-    if os.environ.get("BENCH_SWITCH"):
-        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
-    if os.environ.get("BENCH_TRACE"):
-        from mailroom.core import db as core_db
-        from mailroom.ingest import rawstore
-
-        real_insert = core_db.insert_rows
-        spent: dict[str, float] = {}
-
-        def traced(model, objs, **kw):  # type: ignore[no-untyped-def]
-            t0 = time.perf_counter()
-            real_insert(model, objs, **kw)
-            spent[model.__name__] = spent.get(model.__name__, 0.0) + time.perf_counter() - t0
-
-        rawstore.insert_rows = traced  # type: ignore[assignment]
-        import atexit
-
-        atexit.register(lambda: print({k: round(v, 2) for k, v in spent.items()}, file=sys.stderr))
     t = time.perf_counter()
     if os.environ.get("BENCH_PROFILE"):
         import cProfile

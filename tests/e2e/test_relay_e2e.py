@@ -71,6 +71,10 @@ def test_client_reply_via_relay_and_inbox_stranger_held(relay: Any, team: Any, u
                 items=[IncomingRaw(raw=_fetch_all(manager)[0], uid=1)])
     msg = Message.objects.get(message_id="ans1@client.test")
     assert sorted(msg.sources.values_list("kind", flat=True)) == ["imap", "lmtp"]
+    # ... and one "received" event, whichever path came first.
+    from mailroom.events.models import Event
+
+    assert Event.objects.filter(kind="message.received", payload__message=msg.pk).count() == 1
 
     # A stranger sending a fake reply to the relay address: held, not in the thread.
     stranger = mail_user("client.test")

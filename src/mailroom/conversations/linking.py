@@ -24,15 +24,15 @@ import hashlib
 import json
 import logging
 from collections import defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import Count, Field, JSONField, Max, Min
+from django.db.models import Count, Max, Min
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -47,6 +47,7 @@ from mailroom.conversations.models import (
     ThreadAlias,
 )
 from mailroom.conversations.threads import thread_refs_follow_merge
+from mailroom.core.db import insert_tuples, update_tuples
 from mailroom.core.tokens import parse_own_message_id
 from mailroom.crm.models import Company, CompanyDomain, Contact, ContactEmail, Deal, IgnoreEntry
 from mailroom.mailboxes.models import Mailbox
@@ -701,11 +702,11 @@ class _TeamBatch:
                 links.append((team_id, c, contact_company.get(c), m.row["id"], when))
 
         if msg_updates:
-            _update_rows(Message, ["thread_id", "routing", "state", "direction"], msg_updates)
+            update_tuples(Message, ["thread_id", "routing", "state", "direction"], msg_updates)
         if part_updates:
-            _update_rows(Participant, ["contact_id"], part_updates)
+            update_tuples(Participant, ["contact_id"], part_updates)
         if keys:
-            _insert_rows(MessageKey, ["team_id", "message_id", "key"], keys, ignore_conflicts=True)
+            insert_tuples(MessageKey, ["team_id", "message_id", "key"], keys, ignore_conflicts=True)
         if relinked:
             keep = {(c, mid) for _, c, _, mid, _ in links}
             stale = [
@@ -718,7 +719,7 @@ class _TeamBatch:
             if stale:
                 MessageContact.objects.filter(pk__in=stale).delete()
         if links:
-            _insert_rows(
+            insert_tuples(
                 MessageContact,
                 ["team_id", "contact_id", "company_id", "message_id", "date"],
                 links,
@@ -782,9 +783,9 @@ class _TeamBatch:
                 )
             )
         if new_rows:
-            _insert_rows(Thread, _THREAD_INSERT, new_rows)
+            insert_tuples(Thread, _THREAD_INSERT, new_rows)
         if thread_rows:
-            _update_rows(
+            update_tuples(
                 Thread,
                 [
                     "message_count",
@@ -868,95 +869,3 @@ def _reserve_ids(model: Any, n: int, after: int = 0) -> list[int]:
         return list(range(base + 1, base + n + 1))
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _pg_recordset(cols: list[Field[Any, Any]]) -> str:
-    return ", ".join(f"{connection.ops.quote_name(f.column)} {f.db_type(connection)}" for f in cols)
-
-
-def _pg_document(cols: list[Field[Any, Any]], rows: Sequence[tuple[Any, ...]]) -> str:
-    names = [f.column for f in cols]
-    return json.dumps(
-        [dict(zip(names, row, strict=True)) for row in rows], default=_json_default, separators=(",", ":")
-    )
-
-
-def _json_or_null(value: Any) -> Any:
-    return None if value is None else json.dumps(value)
-
-
-def _datetime_or_null(value: Any) -> Any:
-    return None if value is None else connection.ops.adapt_datetimefield_value(value)
-
-
-def _sqlite_params(cols: list[Field[Any, Any]], rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """Row values as the SQLite backend stores them (what ``get_db_prep_save`` gives for the types
-    used here: JSON text, naive-UTC datetime text; the rest as is), at a fraction of its cost."""
-    convert: list[Any] = []
-    for f in cols:
-        if isinstance(f, JSONField):
-            convert.append(_json_or_null)
-        elif f.get_internal_type() == "DateTimeField":
-            convert.append(_datetime_or_null)
-        else:
-            convert.append(None)
-    return [[v if c is None else c(v) for c, v in zip(convert, row, strict=True)] for row in rows]
-
-
-def _update_rows(model: Any, fields: list[str], rows: Sequence[tuple[Any, ...]]) -> None:
-    """Update ``fields`` (attnames) of many rows given as ``(pk, value, ...)`` tuples.
-
-    PostgreSQL: one ``UPDATE ... FROM jsonb_to_recordset(%s)`` per chunk, the rows as one JSON
-    document (a single parameter: no per-element quoting on the client, no CASE WHEN per row and field
-    as Django's ``bulk_update`` writes). SQLite: ``executemany`` of ``UPDATE ... WHERE id = ?``."""
-    meta = model._meta
-    cols = [meta.get_field(f) for f in fields]
-    qn = connection.ops.quote_name
-    table, pk = qn(meta.db_table), qn(meta.pk.column)
-    if connection.vendor == "postgresql":
-        sets = ", ".join(f"{qn(f.column)} = v.{qn(f.column)}" for f in cols)
-        sql = (
-            f"UPDATE {table} AS t SET {sets} FROM jsonb_to_recordset(%s::jsonb) "  # noqa: S608
-            f"AS v({pk} bigint, {_pg_recordset(cols)}) WHERE t.{pk} = v.{pk}"  # identifiers: model metadata
-        )
-        all_cols = [meta.pk, *cols]
-        with connection.cursor() as cur:
-            for start in range(0, len(rows), 5000):
-                cur.execute(sql, [_pg_document(all_cols, rows[start : start + 5000])])
-        return
-    sets = ", ".join(f"{qn(f.column)} = %s" for f in cols)
-    sql = f"UPDATE {table} SET {sets} WHERE {pk} = %s"  # noqa: S608 - identifiers from model metadata
-    params = [[*p, row[0]] for p, row in zip(_sqlite_params(cols, [r[1:] for r in rows]), rows, strict=True)]
-    with connection.cursor() as cur:
-        cur.executemany(sql, params)
-
-
-def _insert_rows(
-    model: Any, fields: list[str], rows: Sequence[tuple[Any, ...]], *, ignore_conflicts: bool = False
-) -> None:
-    """Insert many rows given as tuples of ``fields`` (attnames). PostgreSQL: ``INSERT ... SELECT FROM
-    jsonb_to_recordset(%s)`` (one JSON parameter per chunk); SQLite: ``executemany``. Conflicts on a
-    unique constraint are skipped when ``ignore_conflicts``."""
-    meta = model._meta
-    cols = [meta.get_field(f) for f in fields]
-    qn = connection.ops.quote_name
-    names = ", ".join(qn(f.column) for f in cols)
-    if connection.vendor == "postgresql":
-        sql = (
-            f"INSERT INTO {qn(meta.db_table)} ({names}) SELECT {names} "  # noqa: S608 - model metadata
-            f"FROM jsonb_to_recordset(%s::jsonb) AS v({_pg_recordset(cols)})"
-            + (" ON CONFLICT DO NOTHING" if ignore_conflicts else "")
-        )
-        with connection.cursor() as cur:
-            for start in range(0, len(rows), 5000):
-                cur.execute(sql, [_pg_document(cols, rows[start : start + 5000])])
-        return
-    verb = "INSERT OR IGNORE" if ignore_conflicts else "INSERT"
-    marks = ", ".join(["%s"] * len(cols))
-    sql = f"{verb} INTO {qn(meta.db_table)} ({names}) VALUES ({marks})"
-    with connection.cursor() as cur:
-        cur.executemany(sql, _sqlite_params(cols, rows))

@@ -341,12 +341,12 @@ def _receive_client_reply(token: RelayToken, sender: str, rcpt: str, raw: bytes,
         items=[IncomingRaw(raw=raw, key=f"lmtp:{rcpt.lower()}:{summary.content_hash}", internal_date=timezone.now())],
     )
     msg_pk = res.message_pks[0]
-    if res.new_sources:
+    if res.new_messages:  # not when the same reply already came in through the INBOX
         event_record(team_id=token.team_id, kind=Event.Kind.MESSAGE_RECEIVED,
                      payload={"message": msg_pk, "message_id": summary.message_id, "via": "relay",
                               "mailbox_id": token.mailbox_id})
-        if token.forward_to_owner and automatic is None:
-            relay_forward(token=token, message=Message.objects.get(pk=msg_pk), raw=raw)
+    if res.new_sources and token.forward_to_owner and automatic is None:
+        relay_forward(token=token, message=Message.objects.get(pk=msg_pk), raw=raw)
     return RelayReply(250, "2.0.0 stored")
 
 
