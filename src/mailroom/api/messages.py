@@ -12,19 +12,13 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router, Schema
 from pydantic import Field
 
-from mailroom.accounts.access import access_mailbox_for_user, scope_to_user
+from mailroom.accounts.access import access_mailbox_for_user
+from mailroom.conversations.access import access_message_for_user, messages_for_user
 from mailroom.conversations.models import Attachment, Message, Source
 from mailroom.core.errors import InvalidInput, NotFound
 from mailroom.parsing.attachments import content_disposition
 
 router = Router(tags=["messages"])
-
-
-def access_message_for_user(user: Any, message_id: int) -> Message:
-    msg = scope_to_user(Message.objects.all(), user).filter(pk=message_id).first()
-    if msg is None:
-        raise NotFound(f"message {message_id} not found")
-    return msg
 
 
 class AddressOut(Schema):
@@ -126,7 +120,7 @@ def _summary(m: Message) -> dict[str, Any]:
 
 @router.get("", response=MessagePage)
 def list_messages(request: HttpRequest, filters: Query[MessageFilters]) -> dict[str, Any]:
-    qs: QuerySet[Message] = scope_to_user(Message.objects.all(), request.user)
+    qs: QuerySet[Message] = messages_for_user(request.user)
     if filters.mailbox is not None:
         mb = access_mailbox_for_user(request.user, filters.mailbox)
         src = Source.objects.filter(message=OuterRef("pk"), mailbox=mb)

@@ -11,8 +11,8 @@ from ninja import Router, Schema
 
 from mailroom.conversations import threads as services
 from mailroom.conversations.access import (
+    access_message_for_user,
     access_thread_for_user,
-    access_thread_message_for_user,
     threads_for_user,
 )
 from mailroom.conversations.models import Thread
@@ -141,7 +141,7 @@ def merge_threads(request: HttpRequest, thread_id: int, payload: MergeIn) -> dic
 @router.post("/{thread_id}/split", response={201: ThreadDetail})
 def split_message(request: HttpRequest, thread_id: int, payload: SplitIn) -> tuple[int, dict[str, Any]]:
     thread = access_thread_for_user(request.user, thread_id)
-    message = access_thread_message_for_user(request.user, payload.message_id)
+    message = access_message_for_user(request.user, payload.message_id)
     if message.thread_id != thread.pk:
         raise InvalidInput(f"message {message.pk} is not in thread {thread.pk}", field="message_id")
     return 201, thread_detail(services.thread_split_message(message=message, user=request.user))

@@ -1,4 +1,4 @@
-"""Access helpers for conversations: the only door to threads for views (404 on other teams)."""
+"""Access helpers for conversations: the only door to threads and messages for views (404 on other teams)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,12 @@ def access_thread_for_user(user: Any, thread_id: int) -> Thread:
     return thread
 
 
-def access_thread_message_for_user(user: Any, message_id: int) -> Message:
-    message = scope_to_user(Message.objects.all(), user).filter(pk=message_id).first()
+def messages_for_user(user: Any) -> QuerySet[Message]:
+    return scope_to_user(Message.objects.all(), user)
+
+
+def access_message_for_user(user: Any, message_id: int) -> Message:
+    message = messages_for_user(user).filter(pk=message_id).first()
     if message is None:
         raise NotFound(f"message {message_id} not found")
     return message

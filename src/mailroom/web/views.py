@@ -5,8 +5,8 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
-from mailroom.accounts.access import mailboxes_for_user, scope_to_user
-from mailroom.conversations.models import Message
+from mailroom.accounts.access import mailboxes_for_user
+from mailroom.conversations.access import messages_for_user
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -22,7 +22,7 @@ def _mailboxes(request: HttpRequest) -> object:
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     recent = (
-        scope_to_user(Message.objects.all(), request.user)
+        messages_for_user(request.user)
         .order_by("-date", "-id")
         .only("id", "subject", "from_address", "from_name", "date", "direction", "thread_id")[:25]
     )
