@@ -103,11 +103,3 @@ def messages_store_parsed(*, items: list[tuple[Message, ParsedMessage]]) -> None
         Participant.objects.bulk_create(participants, batch_size=500)
         Attachment.objects.bulk_create(attachments, batch_size=500)
         update_rows(Message, [m for m, _ in items], PARSED_FIELDS)
-
-
-def message_parse_store(*, message_pk: int) -> None:
-    """Parse one stored message's raw bytes and store the result."""
-    message = Message.objects.select_related("raw").get(pk=message_pk)
-    if message.state != Message.State.STORED:
-        return
-    messages_store_parsed(items=[(message, parse_raw(message, bytes(message.raw.data)))])
