@@ -18,13 +18,43 @@ from django.db.models import Field, JSONField
 # Values of these field types go to the driver as they are (no per-value ORM conversion).
 _DIRECT_TYPES = frozenset({
     "AutoField", "BigAutoField", "BigIntegerField", "BinaryField", "BooleanField", "CharField", "ForeignKey",
-    "IntegerField", "PositiveBigIntegerField", "PositiveIntegerField", "PositiveSmallIntegerField",
+    "IntegerField", "OneToOneField", "PositiveBigIntegerField", "PositiveIntegerField", "PositiveSmallIntegerField",
     "SmallIntegerField", "TextField",
 })
 
 
-def _prep(fields: Sequence[Any], conn: Any) -> list[Any]:
-    return [None if f.get_internal_type() in _DIRECT_TYPES else f for f in fields]
+def _converter(f: Any, conn: Any) -> Any:
+    """What turns one Python value of ``f`` into what the driver takes; None: the value as it is.
+
+    JSON and datetimes go straight to the backend's adapters (what ``get_db_prep_save`` ends in, at a
+    fraction of its cost: no lookups, no layers per value); other types take the ORM's own path."""
+    kind = f.get_internal_type()
+    if kind in _DIRECT_TYPES:
+        return None
+    if isinstance(f, JSONField):
+        encoder = f.encoder
+        adapt_json = conn.ops.adapt_json_value
+        return lambda v: None if v is None else adapt_json(v, encoder)
+    if kind == "DateTimeField":
+        return conn.ops.adapt_datetimefield_value
+    return lambda v: None if v is None else f.get_db_prep_save(v, conn)
+
+
+def _insert_sql(meta: Any, fields: Sequence[Any], conn: Any, ignore_conflicts: bool) -> str:
+    q = conn.ops.quote_name
+    verb = "INSERT OR IGNORE INTO" if ignore_conflicts and conn.vendor == "sqlite" else "INSERT INTO"
+    sql = "{} {} ({}) VALUES ({})".format(
+        verb, q(meta.db_table), ", ".join(q(f.column) for f in fields), ", ".join(["%s"] * len(fields))
+    )
+    if ignore_conflicts and conn.vendor != "sqlite":
+        sql += " ON CONFLICT DO NOTHING"
+    return sql
+
+
+def _execute_chunks(conn: Any, sql: str, params: list[list[Any]], chunk: int) -> None:
+    with conn.cursor() as cur:
+        for i in range(0, len(params), chunk):
+            cur.executemany(sql, params[i : i + chunk])
 
 
 def insert_rows(model: Any, objs: Sequence[Any], *, ignore_conflicts: bool = False, chunk: int = 500) -> None:
@@ -35,26 +65,51 @@ def insert_rows(model: Any, objs: Sequence[Any], *, ignore_conflicts: bool = Fal
     fields = [f for f in meta.concrete_fields if not f.primary_key]
     auto = [f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)]
     conn = transaction.get_connection()
-    q = conn.ops.quote_name
-    verb = "INSERT OR IGNORE INTO" if ignore_conflicts and conn.vendor == "sqlite" else "INSERT INTO"
-    sql = "{} {} ({}) VALUES ({})".format(
-        verb, q(meta.db_table), ", ".join(q(f.column) for f in fields), ", ".join(["%s"] * len(fields))
-    )
-    if ignore_conflicts and conn.vendor != "sqlite":
-        sql += " ON CONFLICT DO NOTHING"
-    conv = _prep(fields, conn)
+    conv = [(f.attname, _converter(f, conn)) for f in fields]
     params: list[list[Any]] = []
     for obj in objs:
         for f in auto:
             f.pre_save(obj, add=True)
+        values = obj.__dict__
+        params.append([values[a] if c is None else c(values[a]) for a, c in conv])
+    _execute_chunks(conn, _insert_sql(meta, fields, conn, ignore_conflicts), params, chunk)
+
+
+_MISSING = object()
+
+
+def insert_dicts(
+    model: Any, rows: Sequence[dict[str, Any]], *, ignore_conflicts: bool = False, chunk: int = 500
+) -> None:
+    """INSERT rows given as ``{attname: value}`` dicts, without a model instance per row (building
+    one costs more than inserting it on the import path). Missing fields take the model's default
+    (computed once per call, as a new instance would hold it); ``auto_now``/``auto_now_add`` fields
+    take the current time. A key that is no attname of the model is an error (``team``, not ``team_id``)."""
+    if not rows:
+        return
+    from django.utils import timezone
+
+    meta = model._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    conn = transaction.get_connection()
+    now = timezone.now()
+    plan: list[tuple[str, Any, Any]] = []  # (attname, converter, db value when missing)
+    for f in fields:
+        conv = _converter(f, conn)
+        auto = getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+        default = now if auto else f.get_default()  # what a new model instance would hold
+        plan.append((f.attname, conv, default if conv is None else conv(default)))
+    unknown = set(rows[0]).difference(a for a, _, _ in plan)
+    if unknown:
+        raise ValueError(f"{meta.label}: no such columns: {', '.join(sorted(unknown))}")
+    params: list[list[Any]] = []
+    for d in rows:
         row = []
-        for f, c in zip(fields, conv, strict=True):
-            v = getattr(obj, f.attname)
-            row.append(v if c is None or v is None else c.get_db_prep_save(v, conn))
+        for attname, conv, default in plan:
+            v = d.get(attname, _MISSING)
+            row.append(default if v is _MISSING else v if conv is None else conv(v))
         params.append(row)
-    with conn.cursor() as cur:
-        for i in range(0, len(params), chunk):
-            cur.executemany(sql, params[i : i + chunk])
+    _execute_chunks(conn, _insert_sql(meta, fields, conn, ignore_conflicts), params, chunk)
 
 
 def update_rows(model: Any, objs: Sequence[Any], fields: Sequence[str]) -> None:
@@ -69,13 +124,11 @@ def update_rows(model: Any, objs: Sequence[Any], fields: Sequence[str]) -> None:
         ", ".join(f"{conn.ops.quote_name(c.column)} = %s" for c in cols),
         conn.ops.quote_name(meta.pk.column),
     )
-    conv = _prep(cols, conn)
+    conv = [(f.attname, _converter(f, conn)) for f in cols]
     params = []
     for o in objs:
-        row = []
-        for f, c in zip(cols, conv, strict=True):
-            v = getattr(o, f.attname)
-            row.append(v if c is None or v is None else c.get_db_prep_save(v, conn))
+        values = o.__dict__
+        row = [values[a] if c is None else c(values[a]) for a, c in conv]
         row.append(o.pk)
         params.append(row)
     with conn.cursor() as cur:

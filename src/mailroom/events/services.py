@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import transaction
 
-from mailroom.core.db import insert_rows
+from mailroom.core.db import insert_dicts
 from mailroom.events.models import Event
 
 _KINDS = frozenset(Event.Kind.values)
@@ -30,5 +30,5 @@ def events_record(items: Iterable[tuple[int, str, dict[str, Any]]]) -> int:
             raise ValueError(f"unknown event kind {kind!r}")
     if not rows:
         return 0
-    insert_rows(Event, [Event(team_id=t, kind=k, payload=p) for t, k, p in rows])
+    insert_dicts(Event, [{"team_id": t, "kind": k, "payload": p} for t, k, p in rows])
     return len(rows)

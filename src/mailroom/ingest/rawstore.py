@@ -17,12 +17,13 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
 
 from mailroom.conversations.models import Message, MessageRaw, Source
-from mailroom.core.db import insert_rows
+from mailroom.core.db import insert_dicts
 from mailroom.mailboxes.models import Folder, Mailbox
 from mailroom.parsing.headers import HeaderSummary, summarize_headers
 
@@ -76,7 +77,7 @@ def _insert_raws(rows: list[tuple[int, bytes]]) -> None:
         cur.executemany(sql, rows)
 
 
-def _record_new_mail_events(team_id: int, mailbox: Mailbox | None, created: list[tuple[int, Message]]) -> None:
+def _record_new_mail_events(team_id: int, mailbox: Mailbox | None, created: list[tuple[int, dict[str, Any]]]) -> None:
     """Webhook events in the same transaction: a message received, or sent from the manager's own
     mail client (a new message in Sent; mail sent from Mailroom is recorded by the outbox)."""
     from mailroom.events.models import Event
@@ -85,12 +86,12 @@ def _record_new_mail_events(team_id: int, mailbox: Mailbox | None, created: list
     events_record(
         (
             team_id,
-            Event.Kind.MESSAGE_RECEIVED if m.direction == Message.Direction.INCOMING else Event.Kind.MESSAGE_SENT,
+            Event.Kind.MESSAGE_RECEIVED if m["direction"] == Message.Direction.INCOMING else Event.Kind.MESSAGE_SENT,
             {
                 "message": pk,
-                "message_id": m.message_id,
+                "message_id": m["message_id"],
                 "mailbox_id": mailbox.pk if mailbox else None,
-                "via": "imap" if m.direction == Message.Direction.INCOMING else "mail client",
+                "via": "imap" if m["direction"] == Message.Direction.INCOMING else "mail client",
             },
         )
         for pk, m in created
@@ -136,32 +137,32 @@ def store_batch(
         ).values_list("id", "message_id_hash", "content_hash"):
             existing[(mh, ch)] = pk
 
-        to_create: dict[tuple[str, str], tuple[Message, bytes]] = {}
+        to_create: dict[tuple[str, str], tuple[dict[str, Any], bytes]] = {}
         for item, summary, ident in zip(items, summaries, idents, strict=True):
             if ident in existing or ident in to_create:
                 continue
             first = summary.from_[0] if summary.from_ else None
-            msg = Message(
-                team_id=team_id,
-                message_id=summary.message_id,
-                message_id_hash=ident[0],
-                message_id_synthesised=summary.message_id_synthesised,
-                content_hash=ident[1],
-                size=len(item.raw),
-                subject=summary.subject[:5000],
-                from_address=first.address[:320] if first else "",
-                from_name=first.name[:300] if first else "",
-                date=summary.date or item.internal_date or now,
-                received_at=now,
-                in_reply_to=list(summary.in_reply_to),
-                references=list(summary.references),
-                direction=batch_direction,
-                routing_headers={"gm_thread_id": item.gm_thread_id} if item.gm_thread_id else {},
-            )
+            msg = {  # a row, not a model instance: building one costs more than inserting it
+                "team_id": team_id,
+                "message_id": summary.message_id,
+                "message_id_hash": ident[0],
+                "message_id_synthesised": summary.message_id_synthesised,
+                "content_hash": ident[1],
+                "size": len(item.raw),
+                "subject": summary.subject[:5000],
+                "from_address": first.address[:320] if first else "",
+                "from_name": first.name[:300] if first else "",
+                "date": summary.date or item.internal_date or now,
+                "received_at": now,
+                "in_reply_to": list(summary.in_reply_to),
+                "references": list(summary.references),
+                "direction": batch_direction,
+                "routing_headers": {"gm_thread_id": item.gm_thread_id} if item.gm_thread_id else {},
+            }
             to_create[ident] = (msg, item.raw)
 
         if to_create:
-            insert_rows(Message, [m for m, _ in to_create.values()], ignore_conflicts=True)
+            insert_dicts(Message, [m for m, _ in to_create.values()], ignore_conflicts=True)
             created_ids = {
                 (mh, ch): pk
                 for pk, mh, ch in Message.objects.filter(
@@ -186,7 +187,9 @@ def store_batch(
             )
             upgraded.update(direction=Message.Direction.OUTGOING)
 
-        sources: list[Source] = []
+        sources: list[dict[str, Any]] = []
+        mailbox_id = mailbox.pk if mailbox is not None else None
+        folder_id = folder.pk if folder is not None else None
         for item, ident in zip(items, idents, strict=True):
             pk = existing[ident]
             result.message_pks.append(pk)
@@ -195,19 +198,17 @@ def store_batch(
                 result.known_sources += 1
                 continue
             known_keys.add(marker)
-            sources.append(
-                Source(
-                    message_id=pk,
-                    mailbox=mailbox,
-                    kind=kind,
-                    folder=folder,
-                    uidvalidity=uidvalidity,
-                    uid=item.uid,
-                    key=item.key,
-                    internal_date=item.internal_date,
-                )
-            )
-        insert_rows(Source, sources, ignore_conflicts=True)
+            sources.append({
+                "message_id": pk,
+                "mailbox_id": mailbox_id,
+                "kind": kind,
+                "folder_id": folder_id,
+                "uidvalidity": uidvalidity,
+                "uid": item.uid,
+                "key": item.key,
+                "internal_date": item.internal_date,
+            })
+        insert_dicts(Source, sources, ignore_conflicts=True)
         result.new_sources = len(sources)
         if result.new_messages:
             from mailroom.conversations.pipeline import wake_pipeline

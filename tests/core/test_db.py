@@ -1,0 +1,66 @@
+"""The bulk-write helpers of the hot paths write exactly what the ORM would."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from django.db import transaction
+
+from mailroom.conversations.models import Message, Source
+from mailroom.core.db import insert_dicts, insert_rows, update_rows
+from mailroom.events.models import Event
+from tests.factories import MessageFactory
+
+WHEN = datetime(2026, 3, 1, 12, 30, 15, tzinfo=UTC)
+
+
+def test_insert_dicts_fills_defaults_and_converts_json_and_datetimes(team: Any) -> None:
+    with transaction.atomic():
+        insert_dicts(Message, [
+            {"team_id": team.pk, "message_id": "a@x", "message_id_hash": "h1", "content_hash": "c1",
+             "received_at": WHEN, "date": WHEN, "references": ["r1@x", "r2@x"],
+             "routing_headers": {"gm_thread_id": "77"}},
+            {"team_id": team.pk, "message_id": "b@x", "message_id_hash": "h2", "content_hash": "c2",
+             "received_at": WHEN},
+        ])
+    a, b = Message.objects.filter(team=team).order_by("message_id")
+    assert (a.references, a.in_reply_to, a.routing_headers, a.date) == (["r1@x", "r2@x"], [], {"gm_thread_id": "77"}, WHEN)
+    # Defaults, as a new model instance holds them.
+    assert (b.references, b.routing_headers, b.date, b.bounce, b.subject, b.state, b.direction, b.attempts) == (
+        [], {}, None, None, "", Message.State.STORED, Message.Direction.INCOMING, 0)
+
+
+def test_insert_dicts_sets_auto_now_fields(team: Any) -> None:
+    before = datetime.now(UTC)
+    insert_dicts(Event, [{"team_id": team.pk, "kind": Event.Kind.MESSAGE_SENT, "payload": {"n": 1}}])
+    ev = Event.objects.get(team=team)
+    assert ev.payload == {"n": 1}
+    assert before <= ev.created_at <= datetime.now(UTC)
+    assert ev.delivered_at is None
+
+
+def test_insert_dicts_ignores_conflicts_when_asked(team: Any) -> None:
+    msg = MessageFactory(team=team)
+    row = {"message_id": msg.pk, "kind": Source.Kind.OUTBOX, "key": "outbox:1"}
+    insert_dicts(Source, [row])
+    insert_dicts(Source, [row], ignore_conflicts=True)
+    assert Source.objects.filter(key="outbox:1").count() == 1
+
+
+def test_insert_dicts_rejects_unknown_columns(team: Any) -> None:
+    with pytest.raises(ValueError, match="no such columns: team"):
+        insert_dicts(Event, [{"team": team, "kind": Event.Kind.MESSAGE_SENT}])
+
+
+def test_insert_rows_and_update_rows_round_trip(team: Any) -> None:
+    insert_rows(Event, [Event(team=team, kind=Event.Kind.MESSAGE_SENT, payload={"i": i}) for i in range(3)])
+    events = list(Event.objects.filter(team=team).order_by("id"))
+    assert [e.payload for e in events] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    for e in events:
+        e.payload = {"i": e.payload["i"] * 10, "ru": "письмо"}
+        e.delivered_at = WHEN
+    update_rows(Event, events, ["payload", "delivered_at"])
+    assert [(e.payload, e.delivered_at) for e in Event.objects.filter(team=team).order_by("id")] == [
+        ({"i": 0, "ru": "письмо"}, WHEN), ({"i": 10, "ru": "письмо"}, WHEN), ({"i": 20, "ru": "письмо"}, WHEN)]
