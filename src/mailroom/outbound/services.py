@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import policy as email_policy
-from email.utils import getaddresses, parseaddr
+from email.utils import getaddresses
 from typing import Any
 
 import nh3
@@ -63,7 +63,7 @@ from mailroom.outbound.models import (
 )
 from mailroom.outbound.sentfolder import AppendItem, append_guarded, imap_settings_for_mailbox
 from mailroom.outbound.smtp import SendResult, SmtpSettings, Submitter, backoff_seconds, settings_for_mailbox
-from mailroom.parsing.headers import msgid_list, parse_addresses
+from mailroom.parsing.headers import msgid_list, parse_addresses, parse_one_address
 from mailroom.parsing.rawheaders import parse_header_block
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def check_header_fields(data: ComposeInput) -> None:
 
 
 def parse_recipient(value: str, field_name: str) -> Addr:
-    name, addr = parseaddr(value) if "<" in value or "(" in value else ("", value.strip())
+    name, addr = parse_one_address(value) if "<" in value or "(" in value else ("", value.strip())
     if not addr:
         raise InvalidInput(f"{field_name}: {value!r} is not an email address", field=field_name)
     try:

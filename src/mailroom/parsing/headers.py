@@ -12,7 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import getaddresses, parsedate_tz
+from email.utils import getaddresses, parseaddr, parsedate_tz
 from functools import lru_cache
 
 from mailroom.parsing.rawheaders import parse_header_block
@@ -86,12 +86,56 @@ def parse_addresses(values: list[str] | None) -> tuple[Address, ...]:
     return _parse_addresses(tuple(str(v) for v in values))
 
 
+# One list item of the everyday forms: ``Name <a@b>``, ``"Name, Quoted" <a@b>``, ``<a@b>``, ``a@b``.
+# Anything else (comments, groups, route addresses, quoted local parts, empty items, line breaks in
+# a quoted name) goes to the stdlib parser, whose answer the fast path must equal (tested).
+_ADDR_SPEC = r"[^<>\"(),;:\\\[\]\s@]+@[^<>\"(),;:\\\[\]\s@]+"
+_ITEM = re.compile(
+    r'\s*(?:"((?:[^"\\\r\n]|\\[^\r\n])*)"\s*|([^"<>,;:()\[\]\\@]*?)\s*)<(' + _ADDR_SPEC + r")>\s*(?:,|\Z)"
+    r"|\s*(" + _ADDR_SPEC + r")\s*(?:,|\Z)"
+)
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+def _fast_pairs(value: str) -> list[tuple[str, str]] | None:
+    """``getaddresses([value])`` for the everyday forms, or None when ``value`` is anything else."""
+    pairs: list[tuple[str, str]] = []
+    pos, end = 0, len(value)
+    while pos < end:
+        m = _ITEM.match(value, pos)
+        if m is None:
+            return None
+        quoted, plain, addr, bare = m.groups()
+        if bare is not None:
+            pairs.append(("", bare))
+        elif quoted is not None:
+            pairs.append((_QUOTED_PAIR.sub(r"\1", quoted) if "\\" in quoted else quoted, addr))
+        else:
+            pairs.append((" ".join(plain.split()), addr))
+        pos = m.end()
+    return pairs
+
+
+def parse_one_address(value: str) -> tuple[str, str]:
+    """``email.utils.parseaddr(value)``, with the fast path for the everyday forms."""
+    fast = _fast_pairs(value)
+    return fast[0] if fast is not None and len(fast) == 1 else parseaddr(value)
+
+
+def _pairs(values: tuple[str, ...]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for value in values:
+        fast = _fast_pairs(value)
+        out.extend(fast if fast is not None else getaddresses([value]))
+    return out
+
+
 @lru_cache(maxsize=8192)
 def _parse_addresses(values: tuple[str, ...]) -> tuple[Address, ...]:
     # Cached: a mailbox's correspondents repeat, and the stdlib address parser is slow.
     out: list[Address] = []
     seen: set[str] = set()
-    for name, addr in getaddresses(list(values)):
+    for name, addr in _pairs(values):
         addr = normalize_address(_decode(addr) if not addr.isascii() else addr)
         if not addr or addr in seen:
             continue

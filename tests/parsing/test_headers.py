@@ -1,0 +1,100 @@
+"""The import path's address reader: its fast path for the everyday forms must give exactly what the
+stdlib parser gives, and hand everything else to it."""
+
+from __future__ import annotations
+
+from email.utils import getaddresses, parseaddr
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailroom.parsing.headers import Address, _fast_pairs, parse_addresses, parse_one_address
+from mailroom.parsing.rawheaders import parse_header_block
+
+CORPORA = Path(__file__).resolve().parent.parent / "corpora"
+
+
+@pytest.mark.parametrize(("value", "pairs"), [
+    ("John Doe <j@x.com>", [("John Doe", "j@x.com")]),
+    ('"Doe, John" <j@x.com>', [("Doe, John", "j@x.com")]),
+    ("John   Q.  Doe <j@x.com>", [("John Q. Doe", "j@x.com")]),
+    ("j@x.com", [("", "j@x.com")]),
+    ('a@b.c, "X \\" Y" <d@e.f>, Ivan <i@r.ru>,', [("", "a@b.c"), ('X " Y', "d@e.f"), ("Ivan", "i@r.ru")]),
+    ("Иван Петров <i@r.ru>,\r\n <q@y.ru>", [("Иван Петров", "i@r.ru"), ("", "q@y.ru")]),
+    ("=?utf-8?b?0JjQstCw0L0=?= <i@r.ru>", [("=?utf-8?b?0JjQstCw0L0=?=", "i@r.ru")]),
+])
+def test_fast_path_reads_the_everyday_forms(value: str, pairs: list[tuple[str, str]]) -> None:
+    assert _fast_pairs(value) == pairs == getaddresses([value])
+
+
+@pytest.mark.parametrize("value", [
+    "a@b,,c@d",  # empty item
+    "j@x (John Doe)",  # comment
+    "Team: a@b, c@d;",  # group
+    '"quoted local"@x.com',  # quoted local part
+    "<@route:j@x>",  # source route
+    "John <j@[127.0.0.1]>",  # domain literal
+    '"broken <j@x>',  # unbalanced quote
+    "undisclosed-recipients:;",
+])
+def test_fast_path_hands_the_rest_to_the_stdlib(value: str) -> None:
+    assert _fast_pairs(value) is None
+
+
+_PIECES = st.sampled_from([
+    "a", "Ivan", "Иван", "O'Brien", " ", "  ", ".", ",", "<", ">", '"', "\\", "@", "(", ")", ":", ";", "[", "]",
+    "\r\n ", "\t", "=?utf-8?b?0JjQstCw0L0=?=", "x.y", "+tag", "-", "_", "mail.ru", "a@b", "<a@b>", "\"N, M\"",
+])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_PIECES, max_size=14).map("".join))
+def test_fast_path_equals_the_stdlib_parser(value: str) -> None:
+    fast = _fast_pairs(value)
+    if fast is not None:
+        assert fast == getaddresses([value])
+
+
+_WORD = st.sampled_from(["Ivan", "Иван", "O'Brien", "J.", "x.y", "=?utf-8?q?=D0=98?=", "+", "Doe,", "a@b", "\\\"", "(c)"])
+_SPACE = st.sampled_from(["", " ", "  ", "\t", "\r\n "])
+_ADDR = st.builds("{}@{}".format, st.sampled_from(["a", "j.doe", "x+y", "O'B", "a..b", "-"]),
+                  st.sampled_from(["b", "mail.ru", "x.com.", "[1.2.3.4]"]))
+_NAME = st.lists(st.tuples(_WORD, _SPACE).map("".join), max_size=4).map("".join)
+_ITEM = st.one_of(
+    _ADDR,
+    st.builds("{}<{}>".format, _NAME, _ADDR),
+    st.builds('"{}"{}<{}>'.format, _NAME, _SPACE, _ADDR),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.tuples(_SPACE, _ITEM, _SPACE).map("".join), min_size=1, max_size=4).map(",".join))
+def test_fast_path_equals_the_stdlib_parser_on_address_lists(value: str) -> None:
+    fast = _fast_pairs(value)
+    if fast is not None:
+        assert fast == getaddresses([value])
+
+
+def test_fast_path_agrees_on_every_address_header_in_the_corpora() -> None:
+    checked = 0
+    for path in sorted(CORPORA.rglob("*.eml")):
+        block, _ = parse_header_block(path.read_bytes())
+        for name in ("from", "to", "cc", "reply-to"):
+            for value in block.get_all(name) or []:
+                fast = _fast_pairs(value)
+                if fast is not None:
+                    assert fast == getaddresses([value]), (path, value)
+                    checked += 1
+    assert checked > 500
+
+
+def test_parse_addresses_normalises_and_dedupes() -> None:
+    assert parse_addresses(['"Ivan" <I@R.RU>, i@r.ru', "=?utf-8?b?0JjQstCw0L0=?= <p@r.ru>"]) == (
+        Address("i@r.ru", "Ivan"), Address("p@r.ru", "Иван"))
+
+
+@pytest.mark.parametrize("value", ["Client 7 <client7@client.test>", "a@b", '"Doe, J" <j@x>', "a@b, c@d", "j@x (J)", ""])
+def test_parse_one_address_is_parseaddr(value: str) -> None:
+    assert parse_one_address(value) == parseaddr(value)
