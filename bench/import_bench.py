@@ -208,6 +208,9 @@ def main() -> int:
         total_mb = sum(sizes) / 1e6
         print(f"generated and loaded {args.messages} messages ({total_mb:.0f} MB) in {time.perf_counter() - t:.1f} s", flush=True)
 
+        # Each timed run starts with nothing left to write back: the loading (and the previous run)
+        # would otherwise be flushed to disk during it and slow its fsyncs down at random.
+        os.sync()
         mb_secs = run_mbsync(dovecot.host, dovecot.imap_port, workdir)
         mbsync_rate = args.messages / mb_secs
         print(f"mbsync done in {mb_secs:.1f} s", flush=True)
@@ -221,7 +224,8 @@ def main() -> int:
             env["DATABASE_URL"] = args.database_url
         else:
             env.pop("DATABASE_URL", None)
-        prefix = ["py-spy", "record", "-r", "200", "-f", "raw", "-o", os.environ["BENCH_PYSPY"], "--threads", "--"] if os.environ.get("BENCH_PYSPY") else []
+        os.sync()
+        prefix = ["py-spy", "record", "-r", "200", "-f", "raw", "-o", os.environ["BENCH_PYSPY"], "--threads", *os.environ.get("BENCH_PYSPY_ARGS", "").split(), "--"] if os.environ.get("BENCH_PYSPY") else []
         cp = subprocess.run(
             [*prefix, sys.executable, __file__, "--child", "--imap-port", str(dovecot.imap_port)],
             env=env, capture_output=True, text=True,

@@ -7,6 +7,20 @@ import pytest
 pytest_plugins = ["tests.factories_plugin", "mailroom.testing.fixtures"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _blob_segments_cleanup() -> Any:
+    """Raw bytes the tests append (raw store "files") go to the data dir's segment files, shared with
+    the subprocesses of end-to-end tests; the segments this session created are removed at its end."""
+    from django.conf import settings
+
+    directory = settings.MAILROOM_BLOB_DIR
+    before = set(directory.glob("*.seg")) if directory.exists() else set()
+    yield
+    if directory.exists():
+        for path in set(directory.glob("*.seg")) - before:
+            path.unlink(missing_ok=True)
+
+
 @pytest.fixture(autouse=True)
 def _encryption_key(settings: Any) -> None:
     from mailroom.core import crypto

@@ -10,3 +10,14 @@ def subprocess_database_url() -> str:
     if s["ENGINE"].endswith("sqlite3"):
         return f"sqlite:///{s['NAME']}"
     return f"postgres://{s.get('USER') or 'postgres'}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
+
+
+def subprocess_env() -> dict[str, str]:
+    """What a subprocess needs to share this test run's data: the database and the raw store."""
+    from django.conf import settings
+
+    return {
+        "DATABASE_URL": subprocess_database_url(),
+        "MAILROOM_RAW_STORE": settings.MAILROOM_RAW_STORE,
+        "MAILROOM_BLOB_DIR": str(settings.MAILROOM_BLOB_DIR),
+    }

@@ -15,7 +15,7 @@ from celery import Celery
 from mailroom.conversations.models import Message
 from mailroom.conversations.tasks import pipeline_run
 from mailroom.ingest.rawstore import IncomingRaw, store_batch
-from tests.dburl import subprocess_database_url
+from tests.dburl import subprocess_env
 from tests.ingest.helpers import make_mail
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 def test_worker_processes_pipeline_from_broker(team: Any, tmp_path: Path, broker: str) -> None:
     store_batch(team_id=team.pk, kind="lmtp", items=[IncomingRaw(raw=make_mail(i), key=f"c{i}") for i in range(20)])
     env = {
-        **os.environ, "DATABASE_URL": subprocess_database_url(), "MAILROOM_DATA_DIR": str(tmp_path),
+        **os.environ, **subprocess_env(), "MAILROOM_DATA_DIR": str(tmp_path),
         "MAILROOM_ENCRYPTION_KEYS": "test1:" + "A" * 43, "MAILROOM_TASKS": "celery", "CELERY_BROKER_URL": broker,
     }
     worker = subprocess.Popen(

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
-from tests.dburl import subprocess_database_url
+from tests.dburl import subprocess_env
 from tests.factories import MailboxFactory, ThreadFactory
 
 from mailroom.conversations.models import Message, MessageRaw
@@ -82,7 +82,7 @@ def test_reply_from_crm_reaches_client_with_threading_headers_and_one_sent_copy(
     sent = _fetch_all(manager, "Sent")
     assert len(sent) == 1
     row.refresh_from_db()
-    assert sent[0] == bytes(MessageRaw.objects.get(message_id=row.stored_message_id or 0).data)
+    assert sent[0] == MessageRaw.objects.get(message_id=row.stored_message_id or 0).read()
 
 
 def test_5xx_rejection_fails_with_server_text(team: Any, user: Any, dovecot: Any, postfix: Any, mail_user: Any) -> None:
@@ -125,7 +125,7 @@ def test_kill_9_during_a_batch_of_200(team: Any, user: Any, dovecot: Any, postfi
     mailbox = _mailbox(team, manager, dovecot, postfix)
     rows = [outbox_create(user=user, mailbox=mailbox, data=ComposeInput(to=(client.email,), subject=f"n{i}",
                                                                          text="x" * 2000))[0] for i in range(200)]
-    env = {**os.environ, "DATABASE_URL": subprocess_database_url(),
+    env = {**os.environ, **subprocess_env(),
            "MAILROOM_ENCRYPTION_KEYS": settings.MAILROOM_ENCRYPTION_KEYS, "MAILROOM_OUTBOX_LEASE_SECONDS": "600"}
     cmd = [sys.executable, "-m", "mailroom.cli", "outbox", "send-due", "--loop", "--limit", "20"]
     proc = subprocess.Popen(cmd, env=env)

@@ -18,7 +18,7 @@ from mailroom.conversations.models import Message, Source
 from mailroom.ingest.engine import SyncEngine
 from mailroom.ingest.imap.worker import mailbox_sync_once
 from mailroom.mailboxes.models import Folder
-from tests.dburl import subprocess_database_url
+from tests.dburl import subprocess_env
 from tests.ingest.helpers import mailbox_for, make_mail
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
@@ -65,7 +65,7 @@ def test_kill_minus_nine_during_import_then_restart_exactly_once(mail_user: Any,
     mb = mailbox_for(user)
     env = {
         **os.environ,
-        "DATABASE_URL": subprocess_database_url(),
+        **subprocess_env(),
         "MAILROOM_DATA_DIR": str(tmp_path),
         "MAILROOM_ENCRYPTION_KEYS": "test1:" + "A" * 43,
     }

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from mailroom.conversations import pipeline
-from mailroom.conversations.models import Message, Source
+from mailroom.conversations.models import Message, MessageRaw, Source, raws_for
 from mailroom.ingest.rawstore import IncomingRaw, store_batch
 from tests.factories import FolderFactory, MailboxFactory
 from tests.ingest.helpers import make_mail
@@ -69,3 +69,37 @@ def test_sent_copy_turns_an_incoming_message_outgoing(team: Any) -> None:
     pipeline.drain()
     msg.refresh_from_db()
     assert (msg.direction, msg.state) == ("outgoing", "linked")
+
+
+@pytest.mark.parametrize("raw_store", ["files", "database"])
+def test_raw_bytes_are_kept_by_the_configured_raw_store(team: Any, settings: Any, tmp_path: Any, raw_store: str) -> None:
+    settings.MAILROOM_RAW_STORE = raw_store
+    settings.MAILROOM_BLOB_DIR = tmp_path / "blobs"
+    raws = [make_mail(1), make_mail(2, body="Привет, " * 5000)]
+    res = store_batch(team_id=team.pk, items=[IncomingRaw(raw=r, key=f"k{i}") for i, r in enumerate(raws)], kind="lmtp")
+    rows = {r.message_id: r for r in MessageRaw.objects.filter(message_id__in=res.message_pks)}
+    assert [rows[pk].read() for pk in res.message_pks] == raws
+    assert raws_for(res.message_pks) == dict(zip(res.message_pks, raws, strict=True))
+    segments = list((tmp_path / "blobs").glob("*.seg"))
+    if raw_store == "files":
+        assert [bool(rows[pk].blob) and rows[pk].data is None for pk in res.message_pks] == [True, True]
+        assert [p.stat().st_size for p in segments] == [sum(len(r) for r in raws)]
+    else:
+        assert [rows[pk].blob for pk in res.message_pks] == ["", ""]
+        assert segments == []
+
+
+def test_a_lost_segment_fails_its_messages_and_the_rest_flows(team: Any, settings: Any, tmp_path: Any) -> None:
+    settings.MAILROOM_RAW_STORE = "files"
+    settings.MAILROOM_BLOB_DIR = tmp_path / "blobs"
+    lost = store_batch(team_id=team.pk, items=[IncomingRaw(raw=make_mail(1), key="a")], kind="lmtp").message_pks[0]
+    for seg in (tmp_path / "blobs").glob("*.seg"):
+        seg.unlink()
+    settings.MAILROOM_BLOB_DIR = tmp_path / "blobs2"  # a fresh store (the old one cached its open files)
+    kept = store_batch(team_id=team.pk, items=[IncomingRaw(raw=make_mail(2), key="b")], kind="lmtp").message_pks[0]
+    pipeline.drain()
+    states = dict(Message.objects.values_list("pk", "state"))
+    assert states[kept] == Message.State.LINKED
+    lost_msg = Message.objects.get(pk=lost)
+    assert lost_msg.state == Message.State.QUARANTINED
+    assert lost_msg.last_error.startswith("BlobError: segment ") and "is missing from" in lost_msg.last_error

@@ -73,7 +73,7 @@ def test_new_message_sent_stored_and_event(sink_mailbox: Any, smtp_sink: Any, us
     msg = Message.objects.get(pk=row.stored_message_id or 0)
     assert msg.direction == "outgoing" and msg.message_id == row.message_id
     assert Source.objects.filter(message=msg, kind="outbox", key=f"outbox:{row.pk}").exists()
-    assert bytes(MessageRaw.objects.get(message=msg).data) == row.sent_copy()
+    assert MessageRaw.objects.get(message=msg).read() == row.sent_copy()
     assert Event.objects.filter(kind="message.sent", payload__outbox_id=row.pk).count() == 1
     # Running again sends nothing twice.
     assert outbox_send_due().claimed == 0 and len(smtp_sink.messages) == 1

@@ -190,7 +190,7 @@ def _download(data: bytes, filename: str, content_type: str) -> HttpResponse:
 @router.get("/{message_id}/raw", response={200: None}, summary="Download the raw message (.eml)")
 def get_raw(request: HttpRequest, message_id: int) -> HttpResponse:
     m = access_message_for_user(request.user, message_id)
-    return _download(bytes(m.raw.data), f"message-{m.pk}.eml", "message/rfc822")
+    return _download(m.raw.read(), f"message-{m.pk}.eml", "message/rfc822")
 
 
 @router.get("/{message_id}/attachments/{attachment_id}", response={200: None})
@@ -201,7 +201,7 @@ def get_attachment(request: HttpRequest, message_id: int, attachment_id: int) ->
     att = Attachment.objects.filter(message=m, pk=attachment_id).first()
     if att is None:
         raise NotFound(f"attachment {attachment_id} not found on message {message_id}")
-    data = extract_part(bytes(m.raw.data), att.part_path)
+    data = extract_part(m.raw.read(), att.part_path)
     # Never let the browser render what a stranger sent: octet-stream unless it is an image.
     ctype = att.content_type if att.content_type.startswith("image/") and att.content_type != "image/svg+xml" else "application/octet-stream"
     return _download(data, att.filename or f"attachment-{att.pk}", ctype)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from mailroom.core.keys import load_secret_key
 
@@ -108,6 +109,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     # A file (not :memory:) so that subprocesses in end-to-end tests (kill -9 runs) share it.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-mailroom.sqlite3")}
+
+# Raw message bytes: "files" (append-only segment files in MAILROOM_BLOB_DIR, written once with one
+# fdatasync per batch; the embedded default) or "database" (a blob column: what machines sharing one
+# PostgreSQL need until an object store exists). See docs/adr/0004-raw-bytes-in-segment-files.md.
+_SQLITE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+MAILROOM_RAW_STORE = os.environ.get("MAILROOM_RAW_STORE", "files" if _SQLITE else "database")
+if MAILROOM_RAW_STORE not in ("files", "database"):
+    raise ImproperlyConfigured(f"MAILROOM_RAW_STORE must be files or database, not {MAILROOM_RAW_STORE!r}")
+MAILROOM_BLOB_DIR = Path(os.environ.get("MAILROOM_BLOB_DIR", DATA_DIR / "blobs")).resolve()
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -126,14 +126,45 @@ class Message(models.Model):
         return f"<{self.message_id}>"
 
 
+def raw_bytes(data: bytes | memoryview | None, blob: str) -> bytes:
+    """The bytes of a raw row, wherever they are kept."""
+    if blob:
+        from mailroom.core.blobs import blob_store
+
+        return blob_store().read(blob)
+    return bytes(data or b"")
+
+
+def raws_for(message_ids: list[int]) -> dict[int, bytes | Exception]:
+    """Raw bytes of several messages by message id; an unreadable one maps to its error (so that
+    one lost segment fails its messages, not the batch). Messages without a raw row are absent."""
+    from mailroom.core.blobs import BlobError
+
+    out: dict[int, bytes | Exception] = {}
+    for i in range(0, len(message_ids), 900):  # SQLite's bound-parameter limit
+        for pk, data, blob in MessageRaw.objects.filter(message_id__in=message_ids[i : i + 900]).values_list(
+            "message_id", "data", "blob"
+        ):
+            try:
+                out[pk] = raw_bytes(data, blob)
+            except (BlobError, OSError) as exc:
+                out[pk] = exc
+    return out
+
+
 class MessageRaw(models.Model):
-    """The raw bytes of a message, stored once, durably, before anything is acknowledged."""
+    """The raw bytes of a message, stored once, durably, before anything is acknowledged: in ``data``
+    (raw store "database") or in a segment file that ``blob`` points at (raw store "files")."""
 
     message = models.OneToOneField(Message, primary_key=True, on_delete=models.CASCADE, related_name="raw")
-    data = models.BinaryField()
+    data = models.BinaryField(null=True, blank=True)
+    blob = models.CharField(max_length=200, blank=True)  # "<segment>:<offset>:<length>"
 
     def __str__(self) -> str:
         return f"raw of message {self.message_id}"
+
+    def read(self) -> bytes:
+        return raw_bytes(self.data, self.blob)
 
 
 class Source(models.Model):

@@ -96,7 +96,7 @@ def parse_pending(limit: int = BATCH) -> int:
 
 
 def _parse_pending(limit: int, row_locks: bool) -> int:
-    from mailroom.conversations.models import MessageRaw
+    from mailroom.conversations.models import raws_for
     from mailroom.conversations.services import messages_store_parsed, parse_raw
 
     qs = Message.objects.filter(state=Message.State.STORED).order_by("id").defer("text", "html", "reply_text")
@@ -112,11 +112,16 @@ def _parse_pending(limit: int, row_locks: bool) -> int:
         if total > PARSE_BATCH_BYTES:
             break
     messages = messages[:keep]
-    raws = dict(MessageRaw.objects.filter(message_id__in=[m.pk for m in messages]).values_list("message_id", "data"))
+    raws = raws_for([m.pk for m in messages])
     done = []
     for message in messages:
         try:
-            done.append((message, parse_raw(message, bytes(raws[message.pk]))))
+            raw = raws.get(message.pk)
+            if raw is None:
+                raise LookupError(f"message {message.pk} has no raw bytes")
+            if isinstance(raw, Exception):
+                raise raw
+            done.append((message, parse_raw(message, raw)))
         except Exception as exc:
             _fail(message.pk, exc)
     try:

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from mailroom.conversations.models import Message, MessageRaw, Source
+from mailroom.core.blobs import blob_store
 from mailroom.core.db import insert_dicts
 from mailroom.mailboxes.models import Folder, Mailbox
 from mailroom.parsing.headers import HeaderSummary, summarize_headers
@@ -60,21 +62,29 @@ def _direction(folder: Folder | None) -> str:
 
 
 def _insert_raws(rows: list[tuple[int, bytes]]) -> None:
-    """Insert raw bytes with ONE fixed statement, row by row (executemany).
+    """Store raw bytes: appended to a segment file (raw store "files": written once, one fdatasync
+    for the batch, before the caller commits the rows that point at them) or into the database.
 
-    Not bulk_create: a multi-row INSERT has a different SQL text for every batch size, and the
-    database driver caches each prepared statement together with its bound parameters, so every
-    cached statement would keep a batch's worth of message bytes alive (hundreds of MB)."""
+    Either way ONE fixed statement, row by row (executemany), not bulk_create: a multi-row INSERT
+    has a different SQL text for every batch size, and the database driver caches each prepared
+    statement together with its bound parameters, so every cached statement would keep a batch's
+    worth of message bytes alive (hundreds of MB)."""
     if not rows:
         return
     table = connection.ops.quote_name(MessageRaw._meta.db_table)
-    sql = f"INSERT INTO {table} (message_id, data) VALUES (%s, %s)"  # noqa: S608 - fixed identifiers
+    if settings.MAILROOM_RAW_STORE == "files":
+        refs = blob_store().append([raw for _, raw in rows])
+        sql = f"INSERT INTO {table} (message_id, data, blob) VALUES (%s, NULL, %s)"  # noqa: S608 - fixed identifiers
+        params: list[tuple[int, str | bytes]] = [(pk, ref) for (pk, _), ref in zip(rows, refs, strict=True)]
+    else:
+        sql = f"INSERT INTO {table} (message_id, data, blob) VALUES (%s, %s, '')"  # noqa: S608 - fixed identifiers
+        params = list(rows)
     if connection.vendor == "postgresql":
         sql += " ON CONFLICT DO NOTHING"
     elif connection.vendor == "sqlite":
         sql = sql.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
     with connection.cursor() as cur:
-        cur.executemany(sql, rows)
+        cur.executemany(sql, params)
 
 
 def _record_new_mail_events(team_id: int, mailbox: Mailbox | None, created: list[tuple[int, dict[str, Any]]]) -> None:

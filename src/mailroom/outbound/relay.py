@@ -461,7 +461,7 @@ def relay_forward_due(*, limit: int = 100) -> int:
         token = tokens[msg.thread_id]
         if msg.received_at < token.created_at:
             continue
-        raw = bytes(msg.raw.data)
+        raw = msg.raw.read()
         block, _ = parse_header_block(raw)
         if automatic_reason(block, msg.from_address or "unknown@invalid") is not None:
             continue

@@ -232,7 +232,7 @@ def _text_of(raw: bytes) -> str:
 
 
 def parent_info(msg: Message) -> ParentInfo:
-    raw = bytes(msg.raw.data) if hasattr(msg, "raw") else b""
+    raw = msg.raw.read() if hasattr(msg, "raw") else b""
     block, _ = parse_header_block(raw)
 
     def addrs(name: str) -> tuple[Addr, ...]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import logging
 import re
 import socket
 import ssl
@@ -100,6 +101,12 @@ class ImapSession:
 
     def __init__(self, client: IMAPClient) -> None:
         self.client = client
+        # IMAPClient turns imaplib's debug level up to 5 to route its protocol trace into the
+        # "imapclient.imaplib" logger. imaplib then formats the repr() of every response, message
+        # bodies included, whether or not anything is logged: on a bulk FETCH that cost ~1 ms of CPU
+        # per message, 10x the fetch itself. Keep the trace only when that logger would show it.
+        if not logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG):
+            client._imap.debug = 0
         self.capabilities: frozenset[str] = frozenset(
             c.decode().upper() if isinstance(c, bytes) else str(c).upper() for c in client.capabilities()
         )
