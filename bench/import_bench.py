@@ -165,16 +165,25 @@ def child(args: argparse.Namespace) -> int:
 
         prof = cProfile.Profile()
         prof.runcall(pipeline.drain)
-        pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+        stats = pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime")
+        stats.print_stats(25)
+        stats.sort_stats("cumulative").print_stats(r"mailroom/(conversations|parsing|routing)", 30)
     else:
         pipeline.drain()
     processed_secs = time.perf_counter() - t
+    from django.conf import settings as dj_settings
+
+    from mailroom.parsing.workers import parse_pool
+
+    parse_pool(dj_settings.MAILROOM_PARSE_PROCESSES).shutdown()  # reaped: their peak RSS is now known
+    worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     states = dict(Message.objects.values_list("state").annotate(n=Count("id")))
     threads = Message.objects.exclude(thread=None).values("thread").distinct().count()
     print(json.dumps({
         "stored": stored, "stored_secs": stored_secs, "processed_secs": processed_secs, "states": states,
         "threads": threads, "rss_import_mb": rss_import, "import_cpu": import_cpu,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "parse_processes": dj_settings.MAILROOM_PARSE_PROCESSES, "worker_rss_mb": worker_rss,
     }))
     return 0
 
@@ -250,6 +259,7 @@ def main() -> int:
         print(f"  ratio full / mbsync                 : {full_rate / mbsync_rate:8.2f}  (target >= 0.5)")
         print(f"  states {r['states']}, {r['threads']} threads")
         print(f"peak RSS of the Mailroom process      : {r['rss_mb']:8.0f} MB  (import phase {r['rss_import_mb']:.0f} MB; target < 300 MB)")
+        print(f"  parse worker processes: {r['parse_processes']}, the largest peaked at {r['worker_rss_mb']:.0f} MB")
     finally:
         dovecot.stop()
         shutil.rmtree(workdir, ignore_errors=True)

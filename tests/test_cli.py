@@ -66,20 +66,21 @@ def test_mailbox_add_list_test_sync_remove(mail_user: Any, capsys: Any) -> None:
     assert "no mailbox '999'" in capsys.readouterr().err
 
 
-def test_quarantine_list_and_replay(team: Any, capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mailroom.conversations import services
+def test_quarantine_list_and_replay(team: Any, capsys: Any, monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
     from mailroom.ingest.rawstore import IncomingRaw, store_batch
+    from mailroom.parsing import workers
 
+    settings.MAILROOM_PARSE_PROCESSES = 0  # the broken parser is patched into this process
     bad = make_mail(1, subject="poison")
     store_batch(team_id=team.pk, kind="lmtp", items=[IncomingRaw(raw=bad, key="b"), IncomingRaw(raw=make_mail(2), key="g")])
-    real = services.parse_raw
+    real = workers.parse_message
 
-    def flaky(message: Any, raw: bytes) -> Any:
+    def flaky(raw: bytes, **kwargs: Any) -> Any:
         if b"poison" in raw:
             raise ValueError("parser exploded on this one")
-        return real(message, raw)
+        return real(raw, **kwargs)
 
-    monkeypatch.setattr(services, "parse_raw", flaky)
+    monkeypatch.setattr(workers, "parse_message", flaky)
     assert main(["sync", "--once"]) == 0  # no mailboxes: just processes the pipeline
     capsys.readouterr()
     poison = Message.objects.get(subject="poison")
@@ -90,7 +91,7 @@ def test_quarantine_list_and_replay(team: Any, capsys: Any, monkeypatch: pytest.
     assert main(["quarantine", "list"]) == 0
     assert capsys.readouterr().out == f"message {poison.pk} <{poison.message_id}>: ValueError: parser exploded on this one\n"
 
-    monkeypatch.setattr(services, "parse_raw", real)  # the fix is deployed
+    monkeypatch.setattr(workers, "parse_message", real)  # the fix is deployed
     assert main(["quarantine", "replay"]) == 0
     assert capsys.readouterr().out.startswith("replayed 1 messages and 0 import failures")
     poison.refresh_from_db()

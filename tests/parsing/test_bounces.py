@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from mailroom.parsing.bounces import classify_reason, is_hard
 from mailroom.parsing.mime import parse_message
 
@@ -171,3 +174,60 @@ def test_sns_wrapped_ses_bounce() -> None:
     b = parse_message(raw).bounce
     assert b.is_bounce
     assert [(r.address, r.hard) for r in b.recipients] == [("gone@example.net", True)]
+
+
+def _top_level_alternatives(pattern: str) -> list[str]:
+    out, depth, start, i = [], 0, 0, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            out.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    return [*out, pattern[start:]]
+
+
+def test_every_strong_body_phrase_carries_a_prefilter_anchor() -> None:
+    """The substring prefilter may skip the regex only when no alternative could match."""
+    from mailroom.parsing.bounces import _AFTER, _BEFORE, _STRONG_ANCHORS, _STRONG_BODY, _strong_body
+
+    alternatives = _top_level_alternatives(_STRONG_BODY.pattern)
+    assert len(alternatives) == 19
+    for alt in alternatives:
+        anchor = next(a for a in _STRONG_ANCHORS if a in alt)
+        before, _, after = alt.partition(anchor)
+        # Regex text is at least as long as what it matches, but for ".{1,80}" (80 characters).
+        assert len(before) <= _BEFORE and len(after.replace(".{1,80}", "x" * 80)) <= _AFTER, alt
+    filler = "Добрый день, поставка и оплата по договору. " * 30
+    for text in ("Hi,\nThis is the MAIL SYSTEM AT HOST mx.example.\n", "Сообщение НЕ МОЖЕТ БЫТЬ ДОСТАВЛЕНО адресату",
+                 "Message delivery to " + "b" * 70 + "@x.test failed", "the delivery is on Monday",
+                 filler + "I'm afraid I wasn't able to deliver your message" + filler, "see you tomorrow",
+                 "Message delivery to " + "b" * 90 + "@x.test failed"):
+        assert _strong_body(text) == (_STRONG_BODY.search(text) is not None), text
+    assert _strong_body("the delivery is on Monday") is False
+
+
+_PHRASES = [
+    "this message was created automatically by mail delivery software", "I'm afraid I wasn't able to deliver",
+    "could not be delivered to:", "Delivery to the following recipient has been delayed", "delivery",
+    "The following addresses had permanent fatal errors", "transcript of session follows", "Rejected recipient <",
+    "this is the mail system at host", "Your message cannot be delivered", "the original message was received at",
+    "did not reach the following recipient", "message delivery to ", "unable to deliver the message to",
+    "доставить не удалось", "не может быть доставлено", "送信できませんでした", " ", "\n", "x" * 60, "bob@x.test",
+    " failed", "Доставка", "İ", "ß",
+]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(_PHRASES), max_size=12).map("".join))
+def test_strong_body_prefilter_equals_the_plain_search(text: str) -> None:
+    from mailroom.parsing.bounces import _STRONG_BODY, _strong_body
+
+    assert _strong_body(text) == (_STRONG_BODY.search(text) is not None)

@@ -6,6 +6,8 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailroom.parsing.headers import summarize_headers
 from mailroom.parsing.mime import MAX_DEPTH, extract_part, parse_message
@@ -483,3 +485,20 @@ def test_malformed_inputs_never_raise() -> None:
     for raw in samples:
         p = parse_message(raw)
         assert isinstance(p.text, str)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=80), st.sampled_from([b"\r\n", b"\n", b" "]))
+def test_base64_size_without_decoding_equals_the_decoded_size(payload: bytes, width: int, sep: bytes) -> None:
+    from mailroom.parsing.mime import _b64_size, _b64decode
+
+    encoded = base64.b64encode(payload)
+    wrapped = sep.join(encoded[i : i + width] for i in range(0, len(encoded), width)) + sep
+    assert _b64_size(wrapped) == len(payload) == len(_b64decode(wrapped))
+
+
+@pytest.mark.parametrize("data", [b"QUJD=RA==", b"QUJ", b"QU!JDRA==", b"====", b"QUJDRA===", b""])
+def test_base64_size_of_malformed_input_is_what_decoding_gives(data: bytes) -> None:
+    from mailroom.parsing.mime import _b64_size, _b64decode
+
+    assert _b64_size(data) == len(_b64decode(data))

@@ -166,6 +166,15 @@ MAILROOM_OUTBOX_RECORD_CHUNK = int(os.environ.get("MAILROOM_OUTBOX_RECORD_CHUNK"
 MAILROOM_OUTBOX_CONNECTIONS = int(os.environ.get("MAILROOM_OUTBOX_CONNECTIONS", "4"))
 # Task execution: "inline" (embedded, in-process worker threads) or "celery".
 MAILROOM_TASKS = os.environ.get("MAILROOM_TASKS", "inline")
+# Worker processes for full parsing, beside the process that stores (0: parse in-process). The default
+# is one per spare core (at most 4); Celery prefork children always parse in-process.
+_parse_processes = os.environ.get("MAILROOM_PARSE_PROCESSES", "auto")
+if _parse_processes == "auto":
+    MAILROOM_PARSE_PROCESSES = max(0, min(4, len(os.sched_getaffinity(0)) - 1))
+elif _parse_processes.isdigit():
+    MAILROOM_PARSE_PROCESSES = int(_parse_processes)
+else:
+    raise ImproperlyConfigured(f"MAILROOM_PARSE_PROCESSES must be auto or a number, not {_parse_processes!r}")
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

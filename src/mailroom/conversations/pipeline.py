@@ -13,6 +13,7 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from django.db import connection, transaction
@@ -53,13 +54,16 @@ def wake_pipeline() -> None:
 
 
 def _fail(pk: int, exc: BaseException) -> None:
-    reason = f"{type(exc).__name__}: {exc}"
+    from mailroom.parsing.workers import ParseFailed
+
+    reason = str(exc) if isinstance(exc, ParseFailed) else f"{type(exc).__name__}: {exc}"
+    trace = exc.trace if isinstance(exc, ParseFailed) else "".join(traceback.format_exception(exc))
     log.warning("pipeline.failed", extra={"message_pk": pk, "reason": reason})
     Message.objects.filter(pk=pk).update(attempts=F("attempts") + 1, last_error=reason[:2000])
     Message.objects.filter(pk=pk, attempts__gte=MAX_ATTEMPTS).exclude(state=Message.State.QUARANTINED).update(
         state=Message.State.QUARANTINED,
         quarantined_at=timezone.now(),
-        last_error=(reason + "\n" + "".join(traceback.format_exception(exc))[-3000:]),
+        last_error=(reason + "\n" + trace[-3000:]),
     )
 
 
@@ -97,7 +101,7 @@ def parse_pending(limit: int = BATCH) -> int:
 
 def _parse_pending(limit: int, row_locks: bool) -> int:
     from mailroom.conversations.models import raws_for
-    from mailroom.conversations.services import messages_store_parsed, parse_raw
+    from mailroom.conversations.services import messages_store_parsed, parse_jobs
 
     qs = Message.objects.filter(state=Message.State.STORED).order_by("id").defer("text", "html", "reply_text")
     if row_locks:
@@ -113,17 +117,22 @@ def _parse_pending(limit: int, row_locks: bool) -> int:
             break
     messages = messages[:keep]
     raws = raws_for([m.pk for m in messages])
-    done = []
+    readable: list[tuple[Message, bytes]] = []
     for message in messages:
-        try:
-            raw = raws.get(message.pk)
-            if raw is None:
-                raise LookupError(f"message {message.pk} has no raw bytes")
-            if isinstance(raw, Exception):
-                raise raw
-            done.append((message, parse_raw(message, raw)))
-        except Exception as exc:
-            _fail(message.pk, exc)
+        raw = raws.get(message.pk)
+        if raw is None:
+            _fail(message.pk, LookupError(f"message {message.pk} has no raw bytes"))
+        elif isinstance(raw, Exception):
+            _fail(message.pk, raw)
+        else:
+            readable.append((message, raw))
+    del raws
+    done = []
+    for (message, _), parsed in zip(readable, parse_jobs(readable), strict=True):
+        if isinstance(parsed, Exception):
+            _fail(message.pk, parsed)
+        else:
+            done.append((message, parsed))
     try:
         messages_store_parsed(items=done)
     except Exception:
@@ -183,7 +192,19 @@ def process_pending(limit: int = BATCH) -> int:
 
 
 def drain(max_rounds: int = 1_000_000) -> int:
-    """Process until nothing is pending (tests, `mailroom sync --once`)."""
+    """Process until nothing is pending (`mailroom sync --once`, tests). Two threads take turns at
+    the stages, so that one links a batch while the other has the next one parsed (in the parse
+    worker processes); inside a transaction (tests) one thread does it all, as other connections
+    could not see the caller's uncommitted rows."""
+    if connection.in_atomic_block:
+        return _drain_loop(max_rounds)
+    with ThreadPoolExecutor(1, thread_name_prefix="pipeline-drain") as helper:
+        other = helper.submit(_drain_thread, max_rounds)
+        total = _drain_loop(max_rounds)
+        return total + other.result()
+
+
+def _drain_loop(max_rounds: int) -> int:
     total = 0
     for _ in range(max_rounds):
         n = process_pending()
@@ -191,6 +212,13 @@ def drain(max_rounds: int = 1_000_000) -> int:
         if n == 0:
             break
     return total
+
+
+def _drain_thread(max_rounds: int) -> int:
+    try:
+        return _drain_loop(max_rounds)
+    finally:
+        connection.close()  # this thread's own connection
 
 
 def quarantine_replay(*, message_pk: int) -> None:

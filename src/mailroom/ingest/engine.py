@@ -81,13 +81,15 @@ class PipelineWorker(threading.Thread):
 
 
 class SyncEngine:
-    def __init__(self, *, reconcile_seconds: float = 3.0, idle_seconds: float = 25.0, pipeline_workers: int = 1) -> None:
+    def __init__(self, *, reconcile_seconds: float = 3.0, idle_seconds: float = 25.0, pipeline_workers: int = 2) -> None:
         self.owner = new_owner_id()
         self.stop_event = threading.Event()
         self.runners: dict[int, MailboxRunner] = {}
         self.reconcile_seconds = reconcile_seconds
         self.idle_seconds = idle_seconds
         # With Celery the pipeline runs in the Celery workers; this process only syncs and sweeps.
+        # Two pipeline threads take turns at the stages: one links a batch while the parse worker
+        # processes have the next one parsed.
         self.celery = settings.MAILROOM_TASKS == "celery"
         self.workers = (
             [] if self.celery else [PipelineWorker(self.stop_event, name=f"pipeline-{i}") for i in range(pipeline_workers)]

@@ -1,0 +1,26 @@
+"""The pipeline with its parse worker processes: every message parsed and linked once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mailroom.conversations import pipeline
+from mailroom.conversations.models import Message
+from mailroom.ingest.rawstore import IncomingRaw, store_batch
+from mailroom.parsing.mime import parse_message
+from tests.ingest.helpers import make_mail
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize("processes", [0, 1])
+def test_messages_are_parsed_alike_with_and_without_worker_processes(team: Any, settings: Any, processes: int) -> None:
+    settings.MAILROOM_PARSE_PROCESSES = processes
+    raws = [make_mail(i, subject=f"Счёт {i}", body=f"Добрый день! Письмо {i}.\n" * (i + 1)) for i in range(60)]
+    res = store_batch(team_id=team.pk, kind="lmtp", items=[IncomingRaw(raw=r, key=f"k{i}") for i, r in enumerate(raws)])
+    assert pipeline.drain() >= 60
+    got = {m.pk: (m.state, m.subject, m.text) for m in Message.objects.filter(pk__in=res.message_pks)}
+    expected = [parse_message(r) for r in raws]
+    assert [got[pk] for pk in res.message_pks] == [("linked", p.subject, p.text) for p in expected]
