@@ -103,3 +103,11 @@ def sink_mailbox(team: Any, smtp_sink: Sink) -> Any:
 
     return MailboxFactory(team=team, email="manager@company.test", display_name="Acme Sales",
                           smtp_host=smtp_sink.host, smtp_port=smtp_sink.port, provider_saves_sent=True)
+
+
+@pytest.fixture
+def relay_on(settings: Any) -> None:
+    from tests.outbound.relay_mail import RELAY
+
+    settings.MAILROOM_RELAY_DOMAIN = RELAY
+    settings.MAILROOM_TRUSTED_AUTHSERV_IDS = ["mx.company.test"]

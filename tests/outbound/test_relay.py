@@ -17,36 +17,13 @@ from mailroom.outbound.relay import (
     relay_receive,
     relay_token_revoke,
 )
-from mailroom.outbound.services import ComposeInput, outbox_create, outbox_send_due
+from mailroom.outbound.services import outbox_send_due
 from tests.factories import FolderFactory, UserFactory
-
-RELAY = "relay.company.test"
-
-
-@pytest.fixture
-def relay_on(settings: Any) -> None:
-    settings.MAILROOM_RELAY_DOMAIN = RELAY
-    settings.MAILROOM_TRUSTED_AUTHSERV_IDS = ["mx.company.test"]
-
-
-def _reply(token_addr: str, *, sender: str = "client@client.test", mid: str = "reply1@client.test",
-           extra: str = "", in_reply_to: str = "") -> bytes:
-    return (
-        f"From: Client <{sender}>\r\nTo: {token_addr}\r\nSubject: Re: Hello\r\n"
-        f"Date: Sat, 01 Mar 2025 10:00:00 +0000\r\nMessage-ID: <{mid}>\r\n"
-        + (f"In-Reply-To: <{in_reply_to}>\r\n" if in_reply_to else "")
-        + extra + "\r\nThanks, sounds good.\r\n"
-    ).encode()
-
-
-def _sent(user: Any, mailbox: Any, **kw: Any) -> OutboxMessage:
-    row, _ = outbox_create(user=user, mailbox=mailbox, data=ComposeInput(
-        to=("Client <client@client.test>",), subject="Hello", text="Offer", **kw))
-    return row
+from tests.outbound.relay_mail import RELAY, reply_mail, sent_offer
 
 
 def test_token_address_case_folding_and_forgery(db: Any, relay_on: None, sink_mailbox: Any, user: Any) -> None:
-    row = _sent(user, sink_mailbox)
+    row = sent_offer(user, sink_mailbox)
     assert row.relay_token is not None
     addr = relay_address(row.relay_token.token)
     assert f"Reply-To: Acme Sales <{addr}>".encode() in bytes(row.raw)
@@ -60,9 +37,9 @@ def test_token_address_case_folding_and_forgery(db: Any, relay_on: None, sink_ma
 
 @pytest.mark.django_db
 def test_client_reply_joins_stranger_held_revoked_refused(relay_on: None, sink_mailbox: Any, user: Any) -> None:
-    row = _sent(user, sink_mailbox)
+    row = sent_offer(user, sink_mailbox)
     addr = relay_address(row.relay_token.token)  # type: ignore[union-attr]
-    reply = _reply(addr, in_reply_to=row.message_id)
+    reply = reply_mail(addr, in_reply_to=row.message_id)
     assert relay_receive(mail_from="client@client.test", rcpt=addr, raw=reply).code == 250
     msg = Message.objects.get(message_id="reply1@client.test")
     assert msg.direction == "incoming" and msg.sources.get().kind == "lmtp"
@@ -71,23 +48,23 @@ def test_client_reply_joins_stranger_held_revoked_refused(relay_on: None, sink_m
     assert relay_receive(mail_from="client@client.test", rcpt=addr, raw=reply).code == 250
     assert Source.objects.filter(message=msg).count() == 1
     # A stranger with the (leaked) address: held, not in the thread.
-    fake = _reply(addr, sender="stranger@evil.test", mid="fake@evil.test", in_reply_to=row.message_id)
+    fake = reply_mail(addr, sender="stranger@evil.test", mid="fake@evil.test", in_reply_to=row.message_id)
     res = relay_receive(mail_from="stranger@evil.test", rcpt=addr, raw=fake)
     assert res.code == 250 and "held" in res.text
     assert not Message.objects.filter(message_id="fake@evil.test").exists()
     assert RelayHold.objects.get().mail_from == "stranger@evil.test"
     # Revoked: 550, nothing stored.
     relay_token_revoke(token=row.relay_token)  # type: ignore[arg-type]
-    late = _reply(addr, mid="late@client.test")
+    late = reply_mail(addr, mid="late@client.test")
     assert relay_receive(mail_from="client@client.test", rcpt=addr, raw=late).code == 550
     assert not Message.objects.filter(message_id="late@client.test").exists()
 
 
 @pytest.mark.django_db
 def test_same_reply_by_relay_and_inbox_is_one_message_two_sources(relay_on: None, sink_mailbox: Any, user: Any) -> None:
-    row = _sent(user, sink_mailbox)
+    row = sent_offer(user, sink_mailbox)
     addr = relay_address(row.relay_token.token)  # type: ignore[union-attr]
-    body = _reply(addr)
+    body = reply_mail(addr)
     relay_receive(mail_from="client@client.test", rcpt=addr, raw=b"Received: from a by relay\r\n" + body)
     inbox: Any = FolderFactory(mailbox=sink_mailbox)
     store_batch(team_id=sink_mailbox.team_id, kind="imap", mailbox=sink_mailbox, folder=inbox, uidvalidity=1,
@@ -101,10 +78,10 @@ def test_same_reply_by_relay_and_inbox_is_one_message_two_sources(relay_on: None
 def test_personal_relay_round_trip(relay_on: None, sink_mailbox: Any, smtp_sink: Any, team: Any) -> None:
     owner: Any = UserFactory(team=team, email="owner@company.test")
     PersonalAddress.objects.create(user=owner, address="owner@personal.test")
-    row = _sent(owner, sink_mailbox, relay_to_owner=True)
+    row = sent_offer(owner, sink_mailbox, relay_to_owner=True)
     assert row.relay_token.forward_to_owner  # type: ignore[union-attr]
     addr = relay_address(row.relay_token.token)  # type: ignore[union-attr]
-    relay_receive(mail_from="client@client.test", rcpt=addr, raw=_reply(addr, in_reply_to=row.message_id))
+    relay_receive(mail_from="client@client.test", rcpt=addr, raw=reply_mail(addr, in_reply_to=row.message_id))
     fwd = OutboxMessage.objects.get(origin="relay_forward")
     assert fwd.to == ["owner@personal.test"] and b"X-Mailroom-Relay: forward" in bytes(fwd.raw)
     owner_token = RelayToken.objects.get(kind="owner")
@@ -146,14 +123,14 @@ def test_personal_relay_round_trip(relay_on: None, sink_mailbox: Any, smtp_sink:
 def test_automatic_mail_is_stored_but_never_forwarded(relay_on: None, sink_mailbox: Any, team: Any) -> None:
     owner: Any = UserFactory(team=team)
     PersonalAddress.objects.create(user=owner, address="owner@personal.test")
-    row = _sent(owner, sink_mailbox, relay_to_owner=True)
+    row = sent_offer(owner, sink_mailbox, relay_to_owner=True)
     addr = relay_address(row.relay_token.token)  # type: ignore[union-attr]
     for i, extra in enumerate(["Auto-Submitted: auto-replied\r\n", "Precedence: bulk\r\n", "List-Id: <x.y>\r\n"]):
-        relay_receive(mail_from="client@client.test", rcpt=addr, raw=_reply(addr, mid=f"a{i}@c", extra=extra))
+        relay_receive(mail_from="client@client.test", rcpt=addr, raw=reply_mail(addr, mid=f"a{i}@c", extra=extra))
     assert Message.objects.filter(message_id__in=["a0@c", "a1@c", "a2@c"]).count() == 3
     assert not OutboxMessage.objects.filter(origin="relay_forward").exists()
     # A bounce (null sender) neither.
-    relay_receive(mail_from="", rcpt=addr, raw=_reply(addr, mid="b@c", sender="mailer-daemon@client.test"))
+    relay_receive(mail_from="", rcpt=addr, raw=reply_mail(addr, mid="b@c", sender="mailer-daemon@client.test"))
     assert not OutboxMessage.objects.filter(origin="relay_forward").exists()
 
 
@@ -162,7 +139,7 @@ def test_lmtp_endpoint_answers_per_recipient(relay_on: None, sink_mailbox: Any, 
     from mailroom.ingest.lmtp.server import start_relay_server
     from tests.outbound.conftest import free_port
 
-    row = _sent(user, sink_mailbox)
+    row = sent_offer(user, sink_mailbox)
     addr = relay_address(row.relay_token.token)  # type: ignore[union-attr]
     port = free_port()
     controller = start_relay_server(host="127.0.0.1", port=port, lmtp=True)
@@ -175,7 +152,7 @@ def test_lmtp_endpoint_answers_per_recipient(relay_on: None, sink_mailbox: Any, 
             assert lmtp.docmd(f"RCPT TO:<{addr}>")[0] == 250
             lmtp.putcmd("DATA")
             assert lmtp.getreply()[0] == 354
-            lmtp.send(_reply(addr).replace(b"\r\n.", b"\r\n..") + b".\r\n")
+            lmtp.send(reply_mail(addr).replace(b"\r\n.", b"\r\n..") + b".\r\n")
             code, text = lmtp.getreply()
             assert code == 250, text
         assert Message.objects.filter(message_id="reply1@client.test", sources__kind="lmtp").exists()

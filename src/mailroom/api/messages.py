@@ -179,7 +179,7 @@ def get_message(request: HttpRequest, message_id: int) -> dict[str, Any]:
     }
 
 
-def _download(data: bytes, filename: str, content_type: str) -> HttpResponse:
+def file_response(data: bytes, filename: str, content_type: str) -> HttpResponse:
     resp = HttpResponse(data, content_type=content_type)
     resp["Content-Disposition"] = content_disposition(filename, inline=False)
     resp["X-Content-Type-Options"] = "nosniff"
@@ -190,7 +190,7 @@ def _download(data: bytes, filename: str, content_type: str) -> HttpResponse:
 @router.get("/{message_id}/raw", response={200: None}, summary="Download the raw message (.eml)")
 def get_raw(request: HttpRequest, message_id: int) -> HttpResponse:
     m = access_message_for_user(request.user, message_id)
-    return _download(m.raw.read(), f"message-{m.pk}.eml", "message/rfc822")
+    return file_response(m.raw.read(), f"message-{m.pk}.eml", "message/rfc822")
 
 
 @router.get("/{message_id}/attachments/{attachment_id}", response={200: None})
@@ -204,4 +204,4 @@ def get_attachment(request: HttpRequest, message_id: int, attachment_id: int) ->
     data = extract_part(m.raw.read(), att.part_path)
     # Never let the browser render what a stranger sent: octet-stream unless it is an image.
     ctype = att.content_type if att.content_type.startswith("image/") and att.content_type != "image/svg+xml" else "application/octet-stream"
-    return _download(data, att.filename or f"attachment-{att.pk}", ctype)
+    return file_response(data, att.filename or f"attachment-{att.pk}", ctype)

@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from mailroom.accounts.access import scope_to_user
 from mailroom.conversations.models import Message
 from mailroom.core.errors import NotFound
-from mailroom.outbound.models import OutboxMessage, Template
+from mailroom.outbound.models import OutboxMessage, RelayHold, Template
 
 
 def outbox_for_user(user: Any) -> QuerySet[OutboxMessage]:
@@ -37,3 +37,14 @@ def access_template_in_team(user: Any, name_or_id: str, team_id: int) -> Templat
     if tpl is None:
         raise NotFound(f"template {name_or_id!r} not found", field="template")
     return tpl
+
+
+def relay_holds_for_user(user: Any) -> QuerySet[RelayHold]:
+    return scope_to_user(RelayHold.objects.all(), user)
+
+
+def access_relay_hold_for_user(user: Any, hold_id: int) -> RelayHold:
+    hold = relay_holds_for_user(user).select_related("token").filter(id=hold_id).first()
+    if hold is None:
+        raise NotFound(f"held relay mail {hold_id} not found")
+    return hold

@@ -186,7 +186,14 @@ class MailboxRelaySettings(models.Model):
 
 
 class RelayHold(models.Model):
-    """Relay mail we neither trusted nor refused: kept, with the reason, for a human to review."""
+    """Relay mail we neither trusted nor refused: kept, with the reason, for a human to review.
+    Released, it goes where trusted mail of its relay address goes (the thread, or on to the client);
+    rejected, it stays here, marked."""
+
+    class Decision(models.TextChoices):
+        PENDING = "", "Pending review"
+        RELEASED = "released", "Released"
+        REJECTED = "rejected", "Rejected"
 
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="+")
     token = models.ForeignKey(RelayToken, null=True, on_delete=models.SET_NULL, related_name="holds")
@@ -196,6 +203,16 @@ class RelayHold(models.Model):
     raw = models.BinaryField()
     created_at = models.DateTimeField(auto_now_add=True)
     reviewed_at = models.DateTimeField(null=True, blank=True)
+    decision = models.CharField(max_length=10, choices=Decision.choices, default=Decision.PENDING, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    message = models.ForeignKey(  # what a released client reply became
+        "conversations.Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    outbox = models.ForeignKey(  # what a released owner answer became
+        OutboxMessage, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     def __str__(self) -> str:
         return f"held relay mail {self.pk}: {self.reason}"

@@ -34,6 +34,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from mailroom.conversations.models import Message, Participant, Source
+from mailroom.core.errors import Conflict
 from mailroom.core.tokens import b32, make_relay_token, parse_relay_token, sign
 from mailroom.events.models import Event
 from mailroom.events.services import event_record
@@ -335,6 +336,13 @@ def _receive_client_reply(token: RelayToken, sender: str, rcpt: str, raw: bytes,
             return _hold(token, sender, rcpt, raw, f"sender {sender} is not a participant of the thread")
     if automatic == "our own relayed mail":
         return _hold(token, sender, rcpt, raw, automatic)
+    _store_client_reply(token, rcpt, raw, forward=automatic is None)
+    return RelayReply(250, "2.0.0 stored")
+
+
+def _store_client_reply(token: RelayToken, rcpt: str, raw: bytes, *, forward: bool) -> int:
+    """Store a client's reply to a relay address (it joins the thread); forward it to the owner when
+    the token says so. Returns the message id."""
     summary = summarize_headers(raw)
     res = store_batch(
         team_id=token.team_id, kind="lmtp", mailbox=token.mailbox, direction=Message.Direction.INCOMING,
@@ -345,14 +353,12 @@ def _receive_client_reply(token: RelayToken, sender: str, rcpt: str, raw: bytes,
         event_record(team_id=token.team_id, kind=Event.Kind.MESSAGE_RECEIVED,
                      payload={"message": msg_pk, "message_id": summary.message_id, "via": "relay",
                               "mailbox_id": token.mailbox_id})
-    if res.new_sources and token.forward_to_owner and automatic is None:
+    if res.new_sources and token.forward_to_owner and forward:
         relay_forward(token=token, message=Message.objects.get(pk=msg_pk), raw=raw)
-    return RelayReply(250, "2.0.0 stored")
+    return msg_pk
 
 
 def _receive_owner_answer(token: RelayToken, sender: str, rcpt: str, raw: bytes, block: HeaderBlock) -> RelayReply:
-    from mailroom.outbound.services import ComposeInput, outbox_create
-
     if sender not in personal_addresses(token.owner):
         return RelayReply(550, "5.7.1 this relay address accepts mail from its owner only")
     automatic = automatic_reason(block, sender)
@@ -363,21 +369,70 @@ def _receive_owner_answer(token: RelayToken, sender: str, rcpt: str, raw: bytes,
     thread_id = token_thread_id(token)
     if _rate_exceeded(thread_id=thread_id, token=token):
         return _hold(token, sender, rcpt, raw, "relay rate limit exceeded")
-    parent = token.source_message
-    if parent is None or not token.counterpart:
+    if token.source_message is None or not token.counterpart:
         return _hold(token, sender, rcpt, raw, "the forwarded message is gone")
+    _relay_owner_answer(token, raw)
+    return RelayReply(250, "2.0.0 relayed")
+
+
+def _relay_owner_answer(token: RelayToken, raw: bytes) -> OutboxMessage:
+    """Send the owner's answer to the client from the company mailbox (idempotent per content)."""
+    from mailroom.outbound.services import ComposeInput, outbox_create
+
+    parent = token.source_message
+    assert parent is not None  # checked by the callers
     text, html, attachments = extract_body(raw)
     summary = summarize_headers(raw)
     data = ComposeInput(
         to=(token.counterpart,), text=text, html=html, mode="reply", relay_to_owner=True,
         idempotency_key=f"relay-owner:{token.token_id}:{summary.content_hash}",
     )
-    outbox_create(
+    row, _ = outbox_create(
         user=None, mailbox=token.mailbox, data=data, parent=parent, origin=OutboxMessage.Origin.RELAY_OWNER,
         created_by=token.owner, extra_headers=[(RELAY_HEADER, relay_header_value("answer"))],
         source_message=parent, extra_attachments=attachments,
     )
-    return RelayReply(250, "2.0.0 relayed")
+    return row
+
+
+# --- review of held mail ---------------------------------------------------------------------------
+def _review(hold: RelayHold) -> RelayHold:
+    locked = RelayHold.objects.select_for_update(of=("self",)).select_related("token", "token__mailbox").get(pk=hold.pk)
+    if locked.reviewed_at is not None:
+        raise Conflict(f"held relay mail {hold.pk} was already {locked.decision or 'reviewed'}")
+    return locked
+
+
+def relay_hold_release(*, hold: RelayHold, user: Any) -> RelayHold:
+    """A reviewer vouches for held mail: a client reply joins its thread (and is forwarded to the
+    owner when its relay address says so); an owner's answer goes to the client. Only mail of a
+    live relay address can be released; the checks that held it are the reviewer's to judge."""
+    with transaction.atomic():
+        locked = _review(hold)
+        token = locked.token
+        if token is None or token.revoked_at is not None:
+            raise Conflict(f"held relay mail {hold.pk}: its relay address is revoked; it cannot be released")
+        raw = bytes(locked.raw)
+        if token.kind == RelayToken.Kind.OWNER:
+            if token.source_message is None or not token.counterpart:
+                raise Conflict(f"held relay mail {hold.pk}: the message it answers is gone; it cannot be released")
+            locked.outbox = _relay_owner_answer(token, raw)
+        else:
+            block, _ = parse_header_block(raw)
+            automatic = automatic_reason(block, locked.mail_from)
+            locked.message_id = _store_client_reply(token, locked.rcpt_to, raw, forward=automatic is None)
+        locked.decision, locked.reviewed_at, locked.reviewed_by = RelayHold.Decision.RELEASED, timezone.now(), user
+        locked.save(update_fields=["decision", "reviewed_at", "reviewed_by", "message", "outbox"])
+    log.info("relay.hold_released", extra={"hold": hold.pk})
+    return locked
+
+
+def relay_hold_reject(*, hold: RelayHold, user: Any) -> RelayHold:
+    with transaction.atomic():
+        locked = _review(hold)
+        locked.decision, locked.reviewed_at, locked.reviewed_by = RelayHold.Decision.REJECTED, timezone.now(), user
+        locked.save(update_fields=["decision", "reviewed_at", "reviewed_by"])
+    return locked
 
 
 def extract_body(raw: bytes) -> tuple[str, str, list[Attachment]]:
