@@ -4,8 +4,10 @@ Generates a realistic mailbox (mixed sizes, attachments, Cyrillic charsets, thre
 Dovecot on loopback, then in one run:
 
 * mbsync (Debian's isync, Maildir, default fsync) copies the mailbox;
-* Mailroom, in a fresh child process: messages/s until every message is stored (raw + identity,
-  visible through the API), then messages/s until the full body parse and threading have completed;
+* Mailroom, in a fresh child process, as `mailroom sync --once` runs (the parse/thread pipeline in
+  background threads and parse worker processes beside the import): messages/s until every message is
+  stored (raw + identity, visible through the API), and until the full body parse and threading have
+  completed;
   the child's peak RSS is reported (the generator runs in another process and does not count).
 
     .venv/bin/python bench/import_bench.py --messages 20000 [--database-url postgres://...]
@@ -141,36 +143,28 @@ def child(args: argparse.Namespace) -> int:
         imap_security="plain", smtp_host="127.0.0.1", smtp_port=25, smtp_security="plain", password=PASSWORD,
         sync_roles=["inbox"],
     )
+    # As `mailroom sync --once` (and `serve`) run it: parsing and threading in background threads
+    # (and the parse worker processes) while the import runs; then whatever is left.
     t = time.perf_counter()
-    if os.environ.get("BENCH_PROFILE"):
-        import cProfile
-        import pstats
+    with pipeline.in_background():
+        if os.environ.get("BENCH_PROFILE"):
+            import cProfile
+            import pstats
 
-        prof = cProfile.Profile()
-        prof.runcall(mailbox_sync_once, mb)
-        stats = pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime")
-        stats.print_stats(25)
-        stats.print_callers("executemany")
-    else:
-        mailbox_sync_once(mb)
-    stored_secs = time.perf_counter() - t
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    import_cpu = ru.ru_utime + ru.ru_stime
-    stored = Message.objects.count()
-    rss_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t = time.perf_counter()
-    if os.environ.get("BENCH_PROFILE_PIPELINE"):
-        import cProfile
-        import pstats
-
-        prof = cProfile.Profile()
-        prof.runcall(pipeline.drain)
-        stats = pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime")
-        stats.print_stats(25)
-        stats.sort_stats("cumulative").print_stats(r"mailroom/(conversations|parsing|routing)", 30)
-    else:
-        pipeline.drain()
-    processed_secs = time.perf_counter() - t
+            prof = cProfile.Profile()
+            prof.runcall(mailbox_sync_once, mb)
+            stats = pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime")
+            stats.print_stats(25)
+        else:
+            mailbox_sync_once(mb)
+        stored_secs = time.perf_counter() - t
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        import_cpu = ru.ru_utime + ru.ru_stime
+        stored = Message.objects.count()
+        rss_import = ru.ru_maxrss / 1024
+        linked_at_import = Message.objects.filter(state=Message.State.LINKED).count()
+    pipeline.drain()
+    processed_secs = time.perf_counter() - t - stored_secs
     from django.conf import settings as dj_settings
 
     from mailroom.parsing.workers import parse_pool
@@ -182,6 +176,7 @@ def child(args: argparse.Namespace) -> int:
     print(json.dumps({
         "stored": stored, "stored_secs": stored_secs, "processed_secs": processed_secs, "states": states,
         "threads": threads, "rss_import_mb": rss_import, "import_cpu": import_cpu,
+        "linked_at_import": linked_at_import,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "parse_processes": dj_settings.MAILROOM_PARSE_PROCESSES, "worker_rss_mb": worker_rss,
     }))
@@ -241,7 +236,7 @@ def main() -> int:
         )
         if cp.returncode != 0:
             raise SystemExit(f"Mailroom run failed:\n{cp.stderr[-4000:]}")
-        if os.environ.get("BENCH_PROFILE") or os.environ.get("BENCH_PROFILE_PIPELINE"):
+        if os.environ.get("BENCH_PROFILE"):
             print(cp.stderr)
         r = json.loads(cp.stdout.strip().splitlines()[-1])
         db = "PostgreSQL" if args.database_url.startswith("postgres") else "SQLite (WAL, synchronous=FULL)"
@@ -254,8 +249,8 @@ def main() -> int:
         print(f"Mailroom import (stored, API-visible) : {rate:8.0f} msgs/s  ({r['stored_secs']:.1f} s, {r['stored']} messages)")
         print(f"  ratio Mailroom import / mbsync      : {rate / mbsync_rate:8.2f}  (target >= 1.0); CPU "
               f"{r['import_cpu']:.1f} s over {r['stored_secs']:.1f} s wall")
-        print(f"Mailroom import + full parse + thread : {full_rate:8.0f} msgs/s  ({full_secs:.1f} s; pipeline alone "
-              f"{r['stored'] / r['processed_secs']:.0f} msgs/s)")
+        print(f"Mailroom import + full parse + thread : {full_rate:8.0f} msgs/s  ({full_secs:.1f} s; the pipeline runs "
+              f"beside the import: {r['linked_at_import']} linked when the import ended)")
         print(f"  ratio full / mbsync                 : {full_rate / mbsync_rate:8.2f}  (target >= 0.5)")
         print(f"  states {r['states']}, {r['threads']} threads")
         print(f"peak RSS of the Mailroom process      : {r['rss_mb']:8.0f} MB  (import phase {r['rss_import_mb']:.0f} MB; target < 300 MB)")

@@ -38,6 +38,12 @@ def on_wake(callback: Callable[[], None]) -> None:
         _wake_callbacks.append(callback)
 
 
+def remove_wake_callback(callback: Callable[[], None]) -> None:
+    with _wake_lock:
+        if callback in _wake_callbacks:
+            _wake_callbacks.remove(callback)
+
+
 def clear_wake_callbacks() -> None:
     with _wake_lock:
         _wake_callbacks.clear()
@@ -202,6 +208,56 @@ def drain(max_rounds: int = 1_000_000) -> int:
         other = helper.submit(_drain_thread, max_rounds)
         total = _drain_loop(max_rounds)
         return total + other.result()
+
+
+@contextmanager
+def in_background(threads: int = 2) -> Iterator[list[int]]:
+    """Run the pipeline in ``threads`` threads while the body runs (``mailroom sync --once``: the
+    import), woken by each commit of new mail, so that parsing and threading keep pace with the
+    import instead of starting after it. On exit the threads stop; ``drain()`` finishes what is left.
+    Yields a list that receives the number of steps each thread handled. Inside a transaction (tests)
+    it does nothing: other connections could not see the caller's uncommitted rows."""
+    stop, wake = threading.Event(), threading.Event()
+    handled: list[int] = []
+    if connection.in_atomic_block:
+        yield handled
+        return
+
+    def loop() -> None:
+        n = 0
+        try:
+            while not stop.is_set():
+                try:
+                    done = process_pending()
+                except Exception:  # logged; the sweep (drain) picks the rest up
+                    log.exception("pipeline.background_failed")
+                    done = 0
+                n += done
+                if not done:
+                    wake.wait(0.5)
+                    wake.clear()
+        finally:
+            handled.append(n)
+            connection.close()  # this thread's own connection
+
+    from django.conf import settings
+
+    from mailroom.parsing.workers import parse_pool
+
+    on_wake(wake.set)
+    workers = [threading.Thread(target=loop, name=f"pipeline-bg-{i}", daemon=True) for i in range(threads)]
+    # The import has this process's interpreter: parsing goes to the worker processes entirely.
+    with parse_pool(settings.MAILROOM_PARSE_PROCESSES).sharing(0.0):
+        for t in workers:
+            t.start()
+        try:
+            yield handled
+        finally:
+            stop.set()
+            wake.set()
+            for t in workers:
+                t.join()
+            remove_wake_callback(wake.set)
 
 
 def _drain_loop(max_rounds: int) -> int:

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import transaction
 
 from mailroom.conversations.models import Attachment, Message, Participant
-from mailroom.core.db import update_rows
+from mailroom.core.db import insert_dicts, update_rows
 from mailroom.parsing.mime import ParsedMessage
 from mailroom.parsing.workers import ParseJob, parse_pool
 
@@ -32,8 +32,8 @@ def _as_dict(value: Any) -> Any:
     return value
 
 
-def _participants(message: Message, parsed: ParsedMessage) -> list[Participant]:
-    rows: list[Participant] = []
+def _participants(message: Message, parsed: ParsedMessage) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
     for role, addrs in (
         (Participant.Role.FROM, parsed.from_),
@@ -48,7 +48,8 @@ def _participants(message: Message, parsed: ParsedMessage) -> list[Participant]:
             if key in seen or not a.address:
                 continue
             seen.add(key)
-            rows.append(Participant(message=message, role=role, address=a.address[:320], name=(a.name or "")[:300]))
+            rows.append({"message_id": message.pk, "role": role, "address": a.address[:320],
+                         "name": (a.name or "")[:300]})
     return rows
 
 
@@ -100,23 +101,23 @@ def messages_store_parsed(*, items: list[tuple[Message, ParsedMessage]]) -> None
         pks = [m.pk for m, _ in items]
         Participant.objects.filter(message_id__in=pks).delete()
         Attachment.objects.filter(message_id__in=pks).delete()
-        participants: list[Participant] = []
-        attachments: list[Attachment] = []
+        participants: list[dict[str, Any]] = []  # rows, not model instances (cheaper to build)
+        attachments: list[dict[str, Any]] = []
         for message, parsed in items:
             participants.extend(_participants(message, parsed))
             attachments.extend(
-                Attachment(
-                    message=message,
-                    filename=a.filename[:500],
-                    content_type=a.content_type[:200],
-                    size=a.size,
-                    content_id=a.content_id[:500],
-                    inline=a.inline,
-                    part_path=a.part_path[:200],
-                )
+                {
+                    "message_id": message.pk,
+                    "filename": a.filename[:500],
+                    "content_type": a.content_type[:200],
+                    "size": a.size,
+                    "content_id": a.content_id[:500],
+                    "inline": a.inline,
+                    "part_path": a.part_path[:200],
+                }
                 for a in parsed.attachments
             )
             _parsed_fields(message, parsed)
-        Participant.objects.bulk_create(participants, batch_size=500)
-        Attachment.objects.bulk_create(attachments, batch_size=500)
+        insert_dicts(Participant, participants)
+        insert_dicts(Attachment, attachments)
         update_rows(Message, [m for m, _ in items], PARSED_FIELDS)

@@ -65,17 +65,18 @@ def _sync(args: argparse.Namespace) -> int:
     if args.once:
         bar = _Bar(enabled=sys.stderr.isatty() and not args.no_progress)
         failed = 0
-        for mb in mailboxes:
-            try:
-                results = mailbox_sync_once(mb, progress=bar)
-            except ImapError as exc:
-                failed += 1
-                print(f"mailroom: {mb.email}: {exc.message}", file=sys.stderr)
-                continue
-            for name, res in results.items():
-                print(f"{mb.email} {name}: {res.stored} new" + (" (UIDVALIDITY changed: resynced)" if res.reset else ""))
+        with pipeline.in_background() as handled:  # parse and thread while the import runs
+            for mb in mailboxes:
+                try:
+                    results = mailbox_sync_once(mb, progress=bar)
+                except ImapError as exc:
+                    failed += 1
+                    print(f"mailroom: {mb.email}: {exc.message}", file=sys.stderr)
+                    continue
+                for name, res in results.items():
+                    print(f"{mb.email} {name}: {res.stored} new" + (" (UIDVALIDITY changed: resynced)" if res.reset else ""))
         bar.close()
-        processed = pipeline.drain()
+        processed = sum(handled) + pipeline.drain()
         print(f"processed {processed} pipeline steps")
         return 1 if failed else 0
 

@@ -18,9 +18,10 @@ import logging
 import multiprocessing
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -100,6 +101,18 @@ class ParsePool:
             if self._executor is broken:
                 self._executor = None
         broken.shutdown(wait=False, cancel_futures=True)
+
+    @contextmanager
+    def sharing(self, share: float) -> Iterator[None]:
+        """Parse ``share`` of each batch in the calling thread for a while (0: all in the workers,
+        e.g. while an import needs this process's interpreter); only with workers."""
+        previous = self.own_share
+        if self.processes > 0:
+            self.own_share = share
+        try:
+            yield
+        finally:
+            self.own_share = previous
 
     def shutdown(self) -> None:
         with self._lock:
