@@ -582,8 +582,11 @@ _STRONG_BODY = re.compile(
 # the start of the match and ending at most _AFTER characters after the anchor's end (tested). So the
 # alternation, which the regex engine tries at every position of the text, only needs to be tried
 # around each anchor: a text without one (nearly all mail) costs a few C-speed substring searches.
+# (Not plain "deliver": business mail is full of "delivery dates".)
 _STRONG_ANCHORS = (
-    "deliver", "fatal errors", "transcript of session", "rejected recipient", "mail system at host",
+    "mail delivery software", "able to deliver", "be delivered", "delivery to the following recipient",
+    "trouble delivering", "delivery has failed", "delivery status notification", "message delivery to",
+    "fatal errors", "transcript of session", "rejected recipient", "mail system at host",
     "original message was received", "did not reach", "送信できませんでした", "доставить", "доставлено",
 )
 _BEFORE, _AFTER = 80, 120
