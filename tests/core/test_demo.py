@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import smtplib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 from mailroom.core.demo import DEMO_EMAIL, sample_correspondence
 from mailroom.parsing.mime import parse_message
 
@@ -15,3 +21,36 @@ def test_sample_correspondence_is_realistic_and_decodes() -> None:
     assert all(("Здравствуйте" in p.text or "Добрый день" in p.text or "Hello" in p.text or "Hi," in p.text) for p in parsed)
     sent = [p for (f, _), p in zip(samples, parsed, strict=True) if f == "Sent"]
     assert all(p.from_[0].address == DEMO_EMAIL for p in sent)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_demo_falls_back_to_a_pure_python_imap_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Dovecot, the demo runs pymap (from PyPI) and the sync imports the seeded mail from it."""
+    from mailroom.conversations.models import Message, Source
+    from mailroom.core.demo import demo_setup
+    from mailroom.ingest.imap.worker import mailbox_sync_once
+    from mailroom.mailboxes.models import Mailbox
+    from mailroom.testing import servers
+
+    def not_installed(self: Any, timeout: float = 10.0) -> Any:
+        raise servers.ServersNotInstalled("dovecot is not installed")
+
+    monkeypatch.setattr(servers.Dovecot, "start", not_installed)
+    demo = demo_setup(tmp_path)
+    try:
+        samples = list(sample_correspondence())
+        assert demo["seeded"] == len(samples) == 48
+        mb = Mailbox.objects.get(email=DEMO_EMAIL)
+        results = mailbox_sync_once(mb)
+        assert {name: r.stored for name, r in results.items()} == {
+            "INBOX": sum(f == "INBOX" for f, _ in samples), "Sent": sum(f == "Sent" for f, _ in samples)}
+        assert Message.objects.count() == 48
+        assert Source.objects.filter(folder__role="sent").count() == sum(f == "Sent" for f, _ in samples)
+        # Mail sent to the demo mailbox through the demo's SMTP server arrives there.
+        with smtplib.SMTP("127.0.0.1", int(demo["smtp_port"])) as smtp:  # type: ignore[call-overload]
+            smtp.login(DEMO_EMAIL, str(demo["password"]))
+            smtp.sendmail("ivan.petrov@romashka.test", [DEMO_EMAIL],
+                          b"From: ivan.petrov@romashka.test\r\nSubject: new\r\nMessage-ID: <new@romashka.test>\r\n\r\nhi\r\n")
+        assert {name: r.stored for name, r in mailbox_sync_once(mb).items()} == {"INBOX": 1, "Sent": 0}
+    finally:
+        demo["stop"]()  # type: ignore[operator]

@@ -1,17 +1,27 @@
-"""The demo sandbox: a private Dovecot on loopback, a small authenticated SMTP server that delivers
-to it, realistic Russian and English correspondence, and a mailbox already connected to it."""
+"""The demo sandbox: a private Dovecot on loopback (or, where Dovecot is not installed, pymap, a
+pure-Python IMAP server), a small authenticated SMTP server (aiosmtpd) that delivers to it, realistic
+Russian and English correspondence, and a mailbox already connected to it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import imaplib
+import logging
+import re
+import subprocess
+import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 DEMO_EMAIL = "manager@company.test"
 DEMO_PASSWORD = "demo-password"  # noqa: S105 - a loopback sandbox
@@ -93,6 +103,92 @@ class _DeliverHandler:
         return "250 OK delivered"
 
 
+class PymapSandbox:
+    """The fallback when Dovecot is not installed: pymap (a pure-Python IMAP server from PyPI) with its
+    in-memory backend, one user (the demo mailbox), on loopback. The same surface as the demo uses of
+    :class:`~mailroom.testing.servers.Dovecot`; mail for other local users is dropped (they have no
+    mailbox here). In memory: each start is a fresh server (a new UIDVALIDITY, which the sync
+    handles without duplicates)."""
+
+    def __init__(self, email: str, password: str) -> None:
+        self.email, self.password = email, password
+        self.imap_port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.users: set[str] = set()
+
+    def start(self, timeout: float = 15.0) -> PymapSandbox:
+        from mailroom.testing.servers import free_port
+
+        self.imap_port = free_port()
+        exe = Path(sys.executable).with_name("pymap")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pymap"]
+        self.proc = subprocess.Popen(  # noqa: S603 - our own arguments, loopback only
+            [*cmd, "--host", "127.0.0.1", "--port", str(self.imap_port), "--no-tls", "dict",
+             "--demo-user", self.email, "--demo-password", self.password],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self._session():
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                    self.stop()
+                    raise RuntimeError(f"the pure-Python IMAP server (pymap) did not start: {err[-500:]}") from None
+                time.sleep(0.1)
+        with self._session() as imap:
+            imap.create("Sent")  # no SPECIAL-USE here: found by its well-known name
+        return self
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[imaplib.IMAP4]:
+        imap = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=5)
+        try:
+            imap.login(self.email, self.password)
+            yield imap
+        finally:
+            with contextlib.suppress(Exception):
+                imap.logout()
+
+    def add_user(self, email: str, password: str) -> None:
+        """Only the demo mailbox exists here (the server was started with its password)."""
+        if email.lower() == self.email:
+            self.users.add(self.email)
+
+    def deliver(self, email: str, raw: bytes, folder: str = "INBOX") -> None:
+        self.deliver_many(email, [raw], folder)
+
+    def deliver_many(self, email: str, raws: Iterable[bytes], folder: str = "INBOX") -> int:
+        if email.lower() != self.email:
+            log.info("demo.dropped", extra={"rcpt": email})
+            return 0
+        n = 0
+        with self._session() as imap:
+            for raw in raws:
+                result: Any = imap.append(folder, "", "", raw)  # typeshed: str; really (typ, data)
+                typ, data = result
+                if typ != "OK":
+                    raise RuntimeError(f"APPEND to {folder} failed: {data!r}")
+                n += 1
+        return n
+
+    def count(self, email: str, folder: str = "INBOX") -> int:
+        with self._session() as imap:
+            typ, data = imap.status(folder, "(MESSAGES)")
+        m = re.search(rb"MESSAGES (\d+)", data[0] or b"") if typ == "OK" and data else None
+        return int(m.group(1)) if m else 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
 def demo_setup(run_dir: Path) -> dict[str, object]:
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -103,11 +199,14 @@ def demo_setup(run_dir: Path) -> dict[str, object]:
     from mailroom.testing.servers import Dovecot, ServersNotInstalled, free_port
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    dovecot = Dovecot(run_dir)
+    dovecot: Dovecot | PymapSandbox = Dovecot(run_dir)
     try:
         dovecot.start()
     except ServersNotInstalled as exc:
-        raise RuntimeError(f"{exc} (the demo needs Dovecot: run scripts/install-servers once)") from exc
+        log.warning("demo.no_dovecot", extra={"error": str(exc)})
+        print(f"Dovecot is not installed ({exc}); the demo uses pymap, a pure-Python IMAP server, instead "
+              "(in memory; scripts/install-servers installs Dovecot).", file=sys.stderr)
+        dovecot = PymapSandbox(DEMO_EMAIL, DEMO_PASSWORD).start()
     fresh = DEMO_EMAIL not in dovecot.users
     dovecot.add_user(DEMO_EMAIL, DEMO_PASSWORD)
     for addr in ("ivan.petrov@romashka.test", "anna@acme-client.test", "olga@stroymontazh.test", "john@globex.test"):
