@@ -25,7 +25,7 @@ from mailroom.conversations.models import Message
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-BATCH = 200
+BATCH = 400
 PARSE_BATCH_BYTES = 24 * 1024 * 1024
 
 _wake_callbacks: list[Callable[[], None]] = []
