@@ -5,35 +5,20 @@ from __future__ import annotations
 import email
 import smtplib
 import time
-from collections.abc import Iterator
 from email import policy
 from typing import Any
 
 import pytest
 from tests.e2e.test_outbound_e2e import _fetch_all, _mailbox, _wait_count
 from tests.factories import FolderFactory, UserFactory
-from tests.outbound.conftest import free_port
 
 from mailroom.conversations.models import Message
-from mailroom.ingest.lmtp.server import RelayController, start_relay_server
 from mailroom.ingest.rawstore import IncomingRaw, store_batch
 from mailroom.outbound.models import OutboxMessage, PersonalAddress, RelayHold, RelayToken
 from mailroom.outbound.relay import relay_address
 from mailroom.outbound.services import ComposeInput, outbox_create, outbox_send_due
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-RELAY = "relay.company.test"
-
-
-@pytest.fixture
-def relay(settings: Any, postfix: Any) -> Iterator[RelayController]:
-    settings.MAILROOM_RELAY_DOMAIN = RELAY
-    settings.MAILROOM_TRUSTED_AUTHSERV_IDS = ["mx.company.test"]
-    port = free_port()
-    controller = start_relay_server(host="127.0.0.1", port=port, lmtp=True)
-    postfix.relay(RELAY, port, protocol="lmtp")
-    yield controller
-    controller.stop()
 
 
 def _send_via_postfix(postfix: Any, mail_from: str, rcpts: list[str], raw: bytes) -> None:

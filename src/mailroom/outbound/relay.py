@@ -346,7 +346,8 @@ def _store_client_reply(token: RelayToken, rcpt: str, raw: bytes, *, forward: bo
     summary = summarize_headers(raw)
     res = store_batch(
         team_id=token.team_id, kind="lmtp", mailbox=token.mailbox, direction=Message.Direction.INCOMING,
-        items=[IncomingRaw(raw=raw, key=f"lmtp:{rcpt.lower()}:{summary.content_hash}", internal_date=timezone.now())],
+        items=[IncomingRaw(raw=raw, key=f"lmtp:{rcpt.lower()}:{summary.content_hash}", internal_date=timezone.now(),
+                           summary=summary)],
     )
     msg_pk = res.message_pks[0]
     if res.new_messages:  # not when the same reply already came in through the INBOX
