@@ -21,7 +21,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from django.db import close_old_connections
+from django.db import connection
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,13 @@ class RateLimiter:
 
 
 def _db_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    close_old_connections()
+    """Run ``fn`` in asyncio's worker thread with a connection of its own for this call only: the
+    pool's threads outlive the server, and a connection left in one would outlive it too (relay
+    mail is not so frequent that reconnecting matters)."""
     try:
         return fn(*args, **kwargs)
     finally:
-        close_old_connections()
+        connection.close()
 
 
 class RelayHandler:
