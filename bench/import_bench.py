@@ -171,6 +171,9 @@ def child(args: argparse.Namespace) -> int:
 
     parse_pool(dj_settings.MAILROOM_PARSE_PROCESSES).shutdown()  # reaped: their peak RSS is now known
     worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    cpu_total = sum(
+        ru.ru_utime + ru.ru_stime for ru in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
     states = dict(Message.objects.values_list("state").annotate(n=Count("id")))
     threads = Message.objects.exclude(thread=None).values("thread").distinct().count()
     print(json.dumps({
@@ -179,6 +182,7 @@ def child(args: argparse.Namespace) -> int:
         "linked_at_import": linked_at_import,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "parse_processes": dj_settings.MAILROOM_PARSE_PROCESSES, "worker_rss_mb": worker_rss,
+        "cpu_total": cpu_total,
     }))
     return 0
 
@@ -251,6 +255,7 @@ def main() -> int:
               f"{r['import_cpu']:.1f} s over {r['stored_secs']:.1f} s wall")
         print(f"Mailroom import + full parse + thread : {full_rate:8.0f} msgs/s  ({full_secs:.1f} s; the pipeline runs "
               f"beside the import: {r['linked_at_import']} linked when the import ended)")
+        print(f"  CPU, Mailroom and its parse workers : {r['cpu_total']:8.1f} s  (over {full_secs:.1f} s wall on {os.cpu_count()} cores)")
         print(f"  ratio full / mbsync                 : {full_rate / mbsync_rate:8.2f}  (target >= 0.5)")
         print(f"  states {r['states']}, {r['threads']} threads")
         print(f"peak RSS of the Mailroom process      : {r['rss_mb']:8.0f} MB  (import phase {r['rss_import_mb']:.0f} MB; target < 300 MB)")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from mailroom.conversations import pipeline
-from mailroom.conversations.models import Message, MessageRaw, Source, raws_for
+from mailroom.conversations.models import Message, MessageRaw, Source, raw_refs_for
 from mailroom.ingest.rawstore import IncomingRaw, store_batch
 from tests.factories import FolderFactory, MailboxFactory
 from tests.ingest.helpers import make_mail
@@ -79,13 +79,15 @@ def test_raw_bytes_are_kept_by_the_configured_raw_store(team: Any, settings: Any
     res = store_batch(team_id=team.pk, items=[IncomingRaw(raw=r, key=f"k{i}") for i, r in enumerate(raws)], kind="lmtp")
     rows = {r.message_id: r for r in MessageRaw.objects.filter(message_id__in=res.message_pks)}
     assert [rows[pk].read() for pk in res.message_pks] == raws
-    assert raws_for(res.message_pks) == dict(zip(res.message_pks, raws, strict=True))
     segments = list((tmp_path / "blobs").glob("*.seg"))
     if raw_store == "files":
         assert [bool(rows[pk].blob) and rows[pk].data is None for pk in res.message_pks] == [True, True]
         assert [p.stat().st_size for p in segments] == [sum(len(r) for r in raws)]
+        # The parse workers are told where the bytes are and read them themselves.
+        assert raw_refs_for(res.message_pks) == {pk: rows[pk].blob for pk in res.message_pks}
     else:
         assert [rows[pk].blob for pk in res.message_pks] == ["", ""]
+        assert raw_refs_for(res.message_pks) == dict(zip(res.message_pks, raws, strict=True))
         assert segments == []
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mailroom.parsing.mime import parse_message
+from mailroom.parsing.headers import summarize_headers
+from mailroom.parsing.mime import ParsedMessage, parse_message
 from mailroom.parsing.workers import CHUNK, ParseFailed, ParseJob, ParsePool, WorkerDied
 
 from .helpers import corpus_files
@@ -64,3 +66,26 @@ def test_a_dying_worker_fails_only_the_message_that_kills_it() -> None:
 def test_small_batches_and_no_workers_parse_in_process() -> None:
     jobs = _jobs(CHUNK)
     assert ParsePool(1).parse(jobs) == ParsePool(0).parse(jobs) == [parse_message(j.raw) for j in jobs]
+
+
+def test_the_workers_read_the_bytes_from_the_raw_store_themselves(pool: ParsePool, tmp_path: Path) -> None:
+    from mailroom.core.blobs import store_at
+
+    raws = [j.raw for j in _jobs(4 * CHUNK)]
+    refs = store_at(tmp_path).append(raws)
+    jobs = [ParseJob(i, b"", None, (), blob=ref, blob_dir=str(tmp_path)) for i, ref in enumerate(refs)]
+    lost = 3 * CHUNK + 1  # in the workers' share: its segment is not in that folder
+    jobs[lost] = ParseJob(lost, b"", None, (), blob="20260101000000-000000000000.seg:0:10", blob_dir=str(tmp_path))
+    results = pool.parse(jobs)
+    assert [i for i, r in enumerate(results) if isinstance(r, Exception)] == [lost]
+    assert str(results[lost]).startswith("BlobError: segment 20260101000000-000000000000.seg is missing from ")
+    assert [r for i, r in enumerate(results) if i != lost] == [parse_message(r) for i, r in enumerate(raws) if i != lost]
+
+
+def test_a_known_content_hash_is_taken_as_it_is() -> None:
+    raw = _jobs(1)[0].raw
+    computed = parse_message(raw).content_hash
+    assert computed == summarize_headers(raw).content_hash
+    assert ParsePool(0).parse([ParseJob(1, raw, None, (), content_hash=computed)])[0] == parse_message(raw)
+    given = ParsePool(0).parse([ParseJob(1, raw, None, (), content_hash="f" * 64)])[0]
+    assert isinstance(given, ParsedMessage) and given.content_hash == "f" * 64

@@ -135,20 +135,17 @@ def raw_bytes(data: bytes | memoryview | None, blob: str) -> bytes:
     return bytes(data or b"")
 
 
-def raws_for(message_ids: list[int]) -> dict[int, bytes | Exception]:
-    """Raw bytes of several messages by message id; an unreadable one maps to its error (so that
-    one lost segment fails its messages, not the batch). Messages without a raw row are absent."""
-    from mailroom.core.blobs import BlobError
-
-    out: dict[int, bytes | Exception] = {}
+def raw_refs_for(message_ids: list[int]) -> dict[int, bytes | str]:
+    """Where the raw bytes of several messages are, by message id: the bytes themselves (raw store
+    "database") or the reference into a segment file (raw store "files"), which the parse workers
+    read themselves rather than have the bytes sent over to them. Messages without a raw row are
+    absent."""
+    out: dict[int, bytes | str] = {}
     for i in range(0, len(message_ids), 900):  # SQLite's bound-parameter limit
         for pk, data, blob in MessageRaw.objects.filter(message_id__in=message_ids[i : i + 900]).values_list(
             "message_id", "data", "blob"
         ):
-            try:
-                out[pk] = raw_bytes(data, blob)
-            except (BlobError, OSError) as exc:
-                out[pk] = exc
+            out[pk] = blob or bytes(data or b"")
     return out
 
 

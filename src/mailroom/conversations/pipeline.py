@@ -131,7 +131,7 @@ def _parse_pending(limit: int, row_locks: bool) -> int:
 
 
 def _parse_batch(messages: list[Message]) -> int:
-    from mailroom.conversations.models import raws_for
+    from mailroom.conversations.models import raw_refs_for
     from mailroom.conversations.services import messages_store_parsed, parse_jobs
 
     if not messages:
@@ -143,15 +143,13 @@ def _parse_batch(messages: list[Message]) -> int:
         if total > PARSE_BATCH_BYTES:
             break
     messages = messages[:keep]
-    raws = raws_for([m.pk for m in messages])
-    readable: list[tuple[Message, bytes]] = []
+    raws = raw_refs_for([m.pk for m in messages])
+    readable: list[tuple[Message, bytes | str]] = []
     for message in messages:
         raw = raws.get(message.pk)
         if raw is None:
             _fail(message.pk, LookupError(f"message {message.pk} has no raw bytes"))
-        elif isinstance(raw, Exception):
-            _fail(message.pk, raw)
-        else:
+        else:  # bytes, or where they are: whoever parses the message reads them (a lost segment fails it)
             readable.append((message, raw))
     del raws
     done = []
@@ -263,24 +261,18 @@ def in_background(threads: int = 1) -> Iterator[list[int]]:
             handled.append(n)
             connection.close()  # this thread's own connection
 
-    from django.conf import settings
-
-    from mailroom.parsing.workers import parse_pool
-
     on_wake(wake.set)
     workers = [threading.Thread(target=loop, name=f"pipeline-bg-{i}", daemon=True) for i in range(threads)]
-    # The import has this process's interpreter: parsing goes to the worker processes entirely.
-    with parse_pool(settings.MAILROOM_PARSE_PROCESSES).sharing(0.0):
+    for t in workers:
+        t.start()
+    try:
+        yield handled
+    finally:
+        stop.set()
+        wake.set()
         for t in workers:
-            t.start()
-        try:
-            yield handled
-        finally:
-            stop.set()
-            wake.set()
-            for t in workers:
-                t.join()
-            remove_wake_callback(wake.set)
+            t.join()
+        remove_wake_callback(wake.set)
 
 
 def _drain_loop(max_rounds: int) -> int:

@@ -85,11 +85,19 @@ PARSED_FIELDS = [
 ]
 
 
-def parse_jobs(items: list[tuple[Message, bytes]]) -> list[ParsedMessage | Exception]:
+def parse_jobs(items: list[tuple[Message, bytes | str]]) -> list[ParsedMessage | Exception]:
     """Parse several messages (in the parse worker processes where configured); results in order,
-    an exception in place of a message that could not be parsed."""
+    an exception in place of a message that could not be parsed (or whose bytes could not be read).
+    Each message comes with its raw bytes or their reference in the raw store's segment files
+    (``raw_refs_for``)."""
     trusted = tuple(settings.MAILROOM_TRUSTED_AUTHSERV_IDS)
-    jobs = [ParseJob(m.pk, raw, m.received_at, trusted) for m, raw in items]
+    blob_dir = str(settings.MAILROOM_BLOB_DIR)
+    jobs = [
+        ParseJob(m.pk, raw, m.received_at, trusted, content_hash=m.content_hash)
+        if isinstance(raw, bytes)
+        else ParseJob(m.pk, b"", m.received_at, trusted, blob=raw, blob_dir=blob_dir, content_hash=m.content_hash)
+        for m, raw in items
+    ]
     return parse_pool(settings.MAILROOM_PARSE_PROCESSES).parse(jobs)
 
 

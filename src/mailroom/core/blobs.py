@@ -115,13 +115,19 @@ _stores: dict[str, BlobStore] = {}
 _stores_lock = threading.Lock()
 
 
-def blob_store() -> BlobStore:
-    """The store of this configuration (``MAILROOM_BLOB_DIR``)."""
-    from django.conf import settings
-
-    key = str(settings.MAILROOM_BLOB_DIR)
+def store_at(directory: str | Path) -> BlobStore:
+    """The process's store of ``directory`` (one writer and one set of open readers per folder);
+    needs no Django, so the parse worker processes read the bytes they parse themselves."""
+    key = str(directory)
     with _stores_lock:
         store = _stores.get(key)
         if store is None:
             store = _stores[key] = BlobStore(Path(key))
         return store
+
+
+def blob_store() -> BlobStore:
+    """The store of this configuration (``MAILROOM_BLOB_DIR``)."""
+    from django.conf import settings
+
+    return store_at(settings.MAILROOM_BLOB_DIR)

@@ -825,6 +825,7 @@ def _assemble(
     dnsfunc: Callable[..., bytes | str | None] | None,
     cid_url: Callable[[str], str] | None,
     allow_remote: bool,
+    content_hash: str | None = None,
 ) -> ParsedMessage:
     h = tree.headers
     col = _Collect()
@@ -973,11 +974,12 @@ def _assemble(
         auth=auth,
         errors=tuple(state.errors) if full else (),
         size=len(raw) if full else tree.body_end,
-        content_hash=content_hash_of(
+        content_hash=""
+        if not full
+        else content_hash
+        or content_hash_of(
             message_id, h.get_raw("date") or "", h.get_raw("from") or "", h.get_raw("subject") or "", body_raw
-        )
-        if full
-        else "",
+        ),
         text_charset=text_cs,
         headers=tuple((k, unfold(v)) for k, v in h.fields[:500]),
     )
@@ -1006,12 +1008,15 @@ def parse_message(
     cid_url: Callable[[str], str] | None = None,
     allow_remote: bool = False,
     time_budget: float = DEFAULT_TIME_BUDGET,
+    content_hash: str | None = None,
 ) -> ParsedMessage:
     """Parse raw RFC 5322 bytes. Never raises on malformed input: problems land in ``errors``.
 
     ``received_at`` is the date fallback; ``trusted_authserv_ids`` names the receiving servers whose
     ``Authentication-Results`` are believed; ``verify_dkim`` runs dkimpy (with ``dnsfunc`` for the
-    TXT lookups, so tests never touch the network); ``cid_url``/``allow_remote`` shape ``html_safe``.
+    TXT lookups, so tests never touch the network); ``cid_url``/``allow_remote`` shape ``html_safe``;
+    ``content_hash``, where the caller has it already (the import computed it from the same bytes with
+    ``summarize_headers``), saves hashing the whole message again.
     """
     if not isinstance(raw, bytes | bytearray | memoryview):  # pragma: no cover - typed callers
         raise TypeError("raw must be bytes")
@@ -1058,4 +1063,5 @@ def parse_message(
         dnsfunc=dnsfunc,
         cid_url=cid_url,
         allow_remote=allow_remote,
+        content_hash=content_hash,
     )
