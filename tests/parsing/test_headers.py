@@ -3,6 +3,7 @@ stdlib parser gives, and hand everything else to it."""
 
 from __future__ import annotations
 
+import hashlib
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
 
@@ -98,3 +99,20 @@ def test_parse_addresses_normalises_and_dedupes() -> None:
 @pytest.mark.parametrize("value", ["Client 7 <client7@client.test>", "a@b", '"Doe, J" <j@x>', "a@b, c@d", "j@x (J)", ""])
 def test_parse_one_address_is_parseaddr(value: str) -> None:
     assert parse_one_address(value) == parseaddr(value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\r\n", b"Hello\r\nworld\r\n\r\n\r\n", b"bare\rCR\n\nLF only\n", b"no newline at the end", b"\n\n\n"],
+)
+def test_the_content_hash_is_the_stored_identity_formula(body: bytes) -> None:
+    """Stored messages carry this hash as their identity: the formula must never drift."""
+    from mailroom.parsing.headers import content_hash_of
+
+    expected = hashlib.sha256(
+        b"<a@b>\0Mon, 1 Jan 2024 10:00:00 +0000\0A <a@b>\0Hi\0" + body.replace(b"\r", b"").rstrip(b"\n")
+    ).hexdigest()
+    assert content_hash_of(" <a@b> ", "Mon, 1 Jan 2024 10:00:00 +0000", "A <a@b>", "Hi ", body) == expected
+    # The CRLF copy (IMAP) and the LF copy (a Maildir, an .eml file) of a message are one message.
+    lf_copy = body.replace(b"\r\n", b"\n")
+    assert content_hash_of("<a@b>", "Mon, 1 Jan 2024 10:00:00 +0000", "A <a@b>", "Hi", lf_copy) == expected

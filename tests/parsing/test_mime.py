@@ -497,7 +497,10 @@ def test_base64_size_without_decoding_equals_the_decoded_size(payload: bytes, wi
     assert _b64_size(wrapped) == len(payload) == len(_b64decode(wrapped))
 
 
-@pytest.mark.parametrize("data", [b"QUJD=RA==", b"QUJ", b"QU!JDRA==", b"====", b"QUJDRA===", b""])
+@pytest.mark.parametrize(
+    "data",
+    [b"QUJD=RA==", b"QUJ", b"QU!JDRA==", b"====", b"QUJDRA===", b"", b"QUJDRA= =\r\n", b"QUJDRA=\r\n", b"QUJD\r\n=\r\n"],
+)
 def test_base64_size_of_malformed_input_is_what_decoding_gives(data: bytes) -> None:
     from mailroom.parsing.mime import _b64_size, _b64decode
 

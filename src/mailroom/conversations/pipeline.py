@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 BATCH = 400
+# Linking a batch has a fixed cost (its evidence and threads are loaded in a few queries, one commit):
+# linking 20,000 parsed messages took 10-20% less CPU in batches of 1,000 than of 400. Its rows are
+# small (no bodies), so the larger batch costs little memory.
+LINK_BATCH = 1000
 PARSE_BATCH_BYTES = 24 * 1024 * 1024
 
 _wake_callbacks: list[Callable[[], None]] = []
@@ -183,7 +187,7 @@ def _record_bounces(message_pks: list[int]) -> None:
         log.exception("pipeline.bounces_failed")
 
 
-def link_pending(limit: int = BATCH) -> int:
+def link_pending(limit: int = LINK_BATCH) -> int:
     """Thread and link up to ``limit`` parsed messages, oldest first (so parents come before replies)."""
     from mailroom.conversations.linking import messages_link
 
@@ -211,9 +215,9 @@ def _link_pending(limit: int, messages_link: Callable[..., None]) -> int:
     return len(pks)
 
 
-def process_pending(limit: int = BATCH) -> int:
-    """One sweep: parse, then link. Returns the number of messages handled."""
-    return parse_pending(limit) + link_pending(limit)
+def process_pending() -> int:
+    """One sweep: parse a batch, then link. Returns the number of messages handled."""
+    return parse_pending() + link_pending()
 
 
 def drain(max_rounds: int = 1_000_000) -> int:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from mailroom.parsing.records import pickled_by_fields
+
 # Public suffixes with two labels that matter for our customers; the rest take the last two labels.
 TWO_LEVEL_SUFFIXES = frozenset(
     {
@@ -36,6 +38,7 @@ class _Headers(Protocol):
     def get_all(self, name: str) -> list[str]: ...
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class AuthResult:
     dkim: str = "none"  # "pass" (at least one valid signature), "fail" (signatures, none valid), "none"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mailroom.parsing.headers import msgid_list, normalize_address
+from mailroom.parsing.records import pickled_by_fields
 
 
 class _Headers(Protocol):
@@ -28,6 +29,7 @@ class _Headers(Protocol):
     def __contains__(self, name: object) -> bool: ...
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class BounceRecipient:
     address: str
@@ -39,6 +41,7 @@ class BounceRecipient:
     diagnostic: str = ""
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class BounceInfo:
     is_bounce: bool = False

@@ -16,11 +16,13 @@ from email.utils import getaddresses, parseaddr, parsedate_tz
 from functools import lru_cache
 
 from mailroom.parsing.rawheaders import parse_header_block
+from mailroom.parsing.records import pickled_by_fields
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MSGID = re.compile(r"<([^<>\s]+)>")
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Address:
     address: str  # lower-cased addr-spec
@@ -182,8 +184,13 @@ def content_hash_of(message_id: str, date: str, from_: str, subject: str, body: 
         h.update(part.strip().encode("utf-8", "surrogateescape"))
         h.update(b"\0")
     # Line endings differ between copies (CRLF on IMAP, LF on disk): drop every CR before hashing.
-    # translate() runs at ~3x the speed of replace() on large bodies; hashlib releases the GIL.
-    h.update(body.translate(None, b"\r").rstrip(b"\n"))
+    # translate() runs at ~3x the speed of replace() on large bodies; hashlib releases the GIL. The
+    # trailing newlines are cut off through a view: rstrip() would copy the whole body once more.
+    bare = body.translate(None, b"\r")
+    end = len(bare)
+    while end and bare[end - 1] == 0x0A:
+        end -= 1
+    h.update(memoryview(bare)[:end])
     return h.hexdigest()
 
 
