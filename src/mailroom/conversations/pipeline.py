@@ -118,7 +118,13 @@ def parse_pending(limit: int = BATCH) -> int:
 
 
 def _parse_pending(limit: int, row_locks: bool) -> int:
-    qs = Message.objects.filter(state=Message.State.STORED).order_by("id").defer("text", "html", "reply_text")
+    # What parsing and storing the result read (the rest, JSON columns above all, costs decoding): the
+    # fields the result replaces are set on the instance, "date" only when the message has a Date.
+    qs = (
+        Message.objects.filter(state=Message.State.STORED)
+        .order_by("id")
+        .only("id", "size", "received_at", "content_hash", "routing_headers", "state", "date")
+    )
     if row_locks:
         qs = qs.select_for_update(skip_locked=True, of=("self",))
         messages = list(qs[:limit])
