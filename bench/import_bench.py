@@ -143,8 +143,8 @@ def child(args: argparse.Namespace) -> int:
         imap_security="plain", smtp_host="127.0.0.1", smtp_port=25, smtp_security="plain", password=PASSWORD,
         sync_roles=["inbox"],
     )
-    # As `mailroom sync --once` (and `serve`) run it: parsing and threading in background threads
-    # (and the parse worker processes) while the import runs; then whatever is left.
+    # As `mailroom sync --once` runs it: parsing and threading beside the import (in a process of their
+    # own, with its parse workers, where there is a spare core); then whatever is left.
     t = time.perf_counter()
     with pipeline.in_background():
         if os.environ.get("BENCH_PROFILE"):
@@ -259,7 +259,8 @@ def main() -> int:
         print(f"  ratio full / mbsync                 : {full_rate / mbsync_rate:8.2f}  (target >= 0.5)")
         print(f"  states {r['states']}, {r['threads']} threads")
         print(f"peak RSS of the Mailroom process      : {r['rss_mb']:8.0f} MB  (import phase {r['rss_import_mb']:.0f} MB; target < 300 MB)")
-        print(f"  parse worker processes: {r['parse_processes']}, the largest peaked at {r['worker_rss_mb']:.0f} MB")
+        print(f"  the other Mailroom processes (the pipeline's, its {r['parse_processes']} parse worker(s)): the largest "
+              f"peaked at {r['worker_rss_mb']:.0f} MB")
     finally:
         dovecot.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -24,3 +24,21 @@ def test_messages_are_parsed_alike_with_and_without_worker_processes(team: Any, 
     got = {m.pk: (m.state, m.subject, m.text) for m in Message.objects.filter(pk__in=res.message_pks)}
     expected = [parse_message(r) for r in raws]
     assert [got[pk] for pk in res.message_pks] == [("linked", p.subject, p.text) for p in expected]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_beside_an_import_a_process_of_its_own_parses_and_links(team: Any, settings: Any) -> None:
+    settings.MAILROOM_PARSE_PROCESSES = 1  # as on a machine with a spare core
+    raws = [make_mail(i, subject=f"Заказ {i}", body=f"Письмо {i}.\n" * (i + 1)) for i in range(40)]
+    with pipeline.in_background() as handled:
+        for start in range(0, 40, 10):  # four commits, as an import's batches
+            store_batch(
+                team_id=team.pk, kind="lmtp",
+                items=[IncomingRaw(raw=r, key=f"k{start + i}") for i, r in enumerate(raws[start : start + 10])],
+            )
+    # The child (which saw this test's database) parsed and linked every message before it exited.
+    assert handled == [80]
+    assert list(Message.objects.order_by("id").values_list("state", "subject")) == [
+        ("linked", f"Заказ {i}") for i in range(40)
+    ]
+    assert pipeline.drain() == 0

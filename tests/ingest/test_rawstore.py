@@ -105,3 +105,21 @@ def test_a_lost_segment_fails_its_messages_and_the_rest_flows(team: Any, setting
     lost_msg = Message.objects.get(pk=lost)
     assert lost_msg.state == Message.State.QUARANTINED
     assert lost_msg.last_error.startswith("BlobError: segment ") and "is missing from" in lost_msg.last_error
+
+
+def test_bytes_are_appended_before_the_transaction_and_only_for_new_messages(
+    team: Any, settings: Any, tmp_path: Any
+) -> None:
+    settings.MAILROOM_RAW_STORE = "files"
+    settings.MAILROOM_BLOB_DIR = tmp_path / "blobs"
+    raws = [make_mail(1), make_mail(2)]
+    raws.append(raws[0])  # the same message again (another copy in the batch)
+    items = [IncomingRaw(raw=r, key=f"k{i}") for i, r in enumerate(raws)]
+    first = store_batch(team_id=team.pk, items=items, kind="lmtp")
+    (segment,) = (tmp_path / "blobs").glob("*.seg")
+    assert segment.stat().st_size == len(raws[0]) + len(raws[1])  # once per message, not per copy
+    again = store_batch(team_id=team.pk, items=items, kind="lmtp")  # a batch retried after a crash
+    assert again.new_messages == 0 and again.message_pks == first.message_pks
+    assert segment.stat().st_size == len(raws[0]) + len(raws[1])  # nothing appended for stored messages
+    rows = {r.message_id: r.read() for r in MessageRaw.objects.all()}
+    assert [rows[pk] for pk in first.message_pks] == raws

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,3 +93,32 @@ def test_a_known_content_hash_is_taken_as_it_is() -> None:
     assert ParsePool(0).parse([ParseJob(1, raw, None, (), content_hash=computed)])[0] == parse_message(raw)
     given = ParsePool(0).parse([ParseJob(1, raw, None, (), content_hash="f" * 64)])[0]
     assert isinstance(given, ParsedMessage) and given.content_hash == "f" * 64
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited
+
+
+def test_the_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, signal\n"
+        "from mailroom.parsing.workers import CHUNK, ParseJob, ParsePool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ParsePool(1)\n"
+        "    raw = b'From: a@example.com\\r\\nSubject: x\\r\\n\\r\\nhello\\r\\n'\n"
+        "    assert len(pool.parse([ParseJob(i, raw, None, ()) for i in range(2 * CHUNK)])) == 2 * CHUNK\n"
+        "    print(*[p.pid for p in pool._executor._processes.values()], flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    (worker,) = [int(pid) for pid in proc.stdout.split()]
+    deadline = time.monotonic() + 15
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker), "the parse worker outlived its killed parent"

@@ -61,9 +61,30 @@ def _direction(folder: Folder | None) -> str:
     return Message.Direction.INCOMING
 
 
-def _insert_raws(rows: list[tuple[int, bytes]]) -> None:
+def _append_ahead(team_id: int, items: Sequence[IncomingRaw], idents: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Raw store "files": append the bytes of the messages not stored yet to a segment file (one
+    fdatasync) *before* the batch's transaction, so that the database's write lock is not held
+    during the disk flush (the pipeline, writing beside the import, waited for it). A message
+    stored by someone else in between leaves unreferenced bytes, as a crash would (ADR 4)."""
+    if settings.MAILROOM_RAW_STORE != "files":
+        return {}
+    stored = set(
+        Message.objects.filter(team_id=team_id, message_id_hash__in={m for m, _ in idents}).values_list(
+            "message_id_hash", "content_hash"
+        )
+    )
+    fresh: dict[tuple[str, str], bytes] = {}
+    for item, ident in zip(items, idents, strict=True):
+        if ident not in stored and ident not in fresh:
+            fresh[ident] = item.raw
+    return dict(zip(fresh, blob_store().append(list(fresh.values())), strict=True))
+
+
+def _insert_raws(rows: list[tuple[int, bytes]], refs: Sequence[str | None] = ()) -> None:
     """Store raw bytes: appended to a segment file (raw store "files": written once, one fdatasync
     for the batch, before the caller commits the rows that point at them) or into the database.
+    ``refs``: where bytes were appended already (``_append_ahead``), per row; the rest are appended
+    here.
 
     Either way ONE fixed statement, row by row (executemany), not bulk_create: a multi-row INSERT
     has a different SQL text for every batch size, and the database driver caches each prepared
@@ -73,9 +94,13 @@ def _insert_raws(rows: list[tuple[int, bytes]]) -> None:
         return
     table = connection.ops.quote_name(MessageRaw._meta.db_table)
     if settings.MAILROOM_RAW_STORE == "files":
-        refs = blob_store().append([raw for _, raw in rows])
+        known = list(refs) if refs else [None] * len(rows)
+        missing = [i for i, ref in enumerate(known) if ref is None]
+        appended = iter(blob_store().append([rows[i][1] for i in missing]))
         sql = f"INSERT INTO {table} (message_id, data, blob) VALUES (%s, NULL, %s)"  # noqa: S608 - fixed identifiers
-        params: list[tuple[int, str | bytes]] = [(pk, ref) for (pk, _), ref in zip(rows, refs, strict=True)]
+        params: list[tuple[int, str | bytes]] = [
+            (pk, ref if ref is not None else next(appended)) for (pk, _), ref in zip(rows, known, strict=True)
+        ]
     else:
         sql = f"INSERT INTO {table} (message_id, data, blob) VALUES (%s, %s, '')"  # noqa: S608 - fixed identifiers
         params = list(rows)
@@ -126,6 +151,7 @@ def store_batch(
     idents = [(message_id_hash(s.message_id), s.content_hash) for s in summaries]
 
     batch_direction = direction or _direction(folder)
+    appended = _append_ahead(team_id, items, idents)
 
     with transaction.atomic():
         # Which sources do we hold already? (A retried batch after a crash, or a concurrent worker.)
@@ -180,7 +206,9 @@ def store_batch(
                 ).values_list("id", "message_id_hash", "content_hash")
                 if (mh, ch) in to_create
             }
-            _insert_raws([(created_ids[k], raw) for k, (_, raw) in to_create.items()])
+            _insert_raws(
+                [(created_ids[k], raw) for k, (_, raw) in to_create.items()], [appended.get(k) for k in to_create]
+            )
             existing.update(created_ids)
             result.new_messages = len(created_ids)
             if kind == Source.Kind.IMAP:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -90,6 +92,19 @@ def parse_chunk(jobs: Sequence[ParseJob]) -> list[ParsedMessage | Exception]:
     return [parse_one(job) for job in jobs]
 
 
+def _exit_with_parent(parent: int) -> None:
+    """In each worker: exit when the process that started it is gone. A worker waits for tasks on a
+    pipe whose writing end it holds itself, so it would never see the end of it: a ``kill -9`` of
+    ``mailroom sync`` left its parse workers behind, idle, for good."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 class ParsePool:
     def __init__(
         self, processes: int, remote: Callable[[Sequence[ParseJob]], list[ParsedMessage | Exception]] | None = None
@@ -103,7 +118,12 @@ class ParsePool:
         with self._lock:
             if self._executor is None:
                 # "spawn": never fork a process that runs threads and holds database connections.
-                self._executor = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+                self._executor = ProcessPoolExecutor(
+                    self.processes,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_exit_with_parent,
+                    initargs=(os.getpid(),),
+                )
             return self._executor
 
     def _reset(self, broken: ProcessPoolExecutor) -> None:

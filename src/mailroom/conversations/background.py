@@ -1,0 +1,35 @@
+"""The pipeline's process beside an import (``pipeline.in_background``).
+
+Its own module, importing nothing of Django at the top: a spawned process unpickles its target by
+importing the target's module, before Django is set up."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def pipeline_process(overrides: dict[str, Any], stop: Any, wake: Any, results: Any, parent: int) -> None:
+    """Sweeps while the import runs, then drains with two threads and exits; gives up if its parent
+    is gone (killed: nothing to report to, and the next run's drain finishes the work)."""
+    import django
+    from django.conf import settings
+
+    for name, value in overrides.items():  # the parent's configuration, as changed at run time too
+        setattr(settings, name, value)
+    django.setup()
+    from django.db import connections
+
+    from mailroom.conversations.pipeline import background_step, drain
+    from mailroom.parsing.workers import parse_pool
+
+    n = 0
+    try:
+        while not stop.is_set() and os.getppid() == parent:
+            n += background_step(wake)
+        if os.getppid() == parent:
+            n += drain()
+    finally:
+        results.put(n)
+        parse_pool(settings.MAILROOM_PARSE_PROCESSES).shutdown()
+        connections.close_all()
