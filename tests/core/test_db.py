@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from django.db import transaction
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailroom.conversations.models import Message, Source
 from mailroom.core.db import insert_dicts, insert_rows, update_rows
@@ -64,3 +66,29 @@ def test_insert_rows_and_update_rows_round_trip(team: Any) -> None:
     update_rows(Event, events, ["payload", "delivered_at"])
     assert [(e.payload, e.delivered_at) for e in Event.objects.filter(team=team).order_by("id")] == [
         ({"i": 0, "ru": "письмо"}, WHEN), ({"i": 10, "ru": "письмо"}, WHEN), ({"i": 20, "ru": "письмо"}, WHEN)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)),  # noqa: DTZ001 - hypothesis takes naive bounds
+    st.one_of(st.none(), st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: timezone(timedelta(minutes=m)))),
+)
+def test_the_datetime_adapter_gives_what_the_backend_gives(value: datetime, tz: Any) -> None:
+    from django.db import connection
+
+    from mailroom.core.db import _datetime_adapter
+
+    value = value.replace(tzinfo=tz)
+    assert _datetime_adapter(connection)(value) == connection.ops.adapt_datetimefield_value(value)
+
+
+def test_the_datetime_adapter_passes_none_and_other_types_to_the_backend() -> None:
+    from django.db import connection
+    from django.utils import timezone as dj_timezone
+
+    from mailroom.core.db import _datetime_adapter
+
+    adapt = _datetime_adapter(connection)
+    assert adapt(None) is None
+    now = dj_timezone.now()
+    assert adapt(now) == connection.ops.adapt_datetimefield_value(now)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Field, JSONField
 
@@ -21,6 +22,26 @@ _DIRECT_TYPES = frozenset({
     "IntegerField", "OneToOneField", "PositiveBigIntegerField", "PositiveIntegerField", "PositiveSmallIntegerField",
     "SmallIntegerField", "TextField",
 })
+
+
+def _datetime_adapter(conn: Any) -> Any:
+    """The backend's datetime adapter; on SQLite with UTC storage (``USE_TZ``, no database time
+    zone) a direct equivalent: naive UTC as ``str(datetime)`` gives it, without the backend's
+    per-value settings and time-zone lookups (a tenth of the linker's time went to them)."""
+    adapt = conn.ops.adapt_datetimefield_value
+    if conn.vendor != "sqlite" or not settings.USE_TZ or conn.timezone_name != "UTC":
+        return adapt
+
+    def to_text(value: Any) -> Any:
+        if value is None:
+            return None
+        if type(value) is not datetime:  # expressions, subclasses: the backend's own way
+            return adapt(value)
+        if value.utcoffset() is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.isoformat(" ")
+
+    return to_text
 
 
 def _converter(f: Any, conn: Any) -> Any:
@@ -36,7 +57,7 @@ def _converter(f: Any, conn: Any) -> Any:
         adapt_json = conn.ops.adapt_json_value
         return lambda v: None if v is None else adapt_json(v, encoder)
     if kind == "DateTimeField":
-        return conn.ops.adapt_datetimefield_value
+        return _datetime_adapter(conn)
     return lambda v: None if v is None else f.get_db_prep_save(v, conn)
 
 
@@ -162,19 +183,16 @@ def _json_or_null(value: Any) -> Any:
     return None if value is None else json.dumps(value)
 
 
-def _datetime_or_null(value: Any) -> Any:
-    return None if value is None else connection.ops.adapt_datetimefield_value(value)
-
-
 def _sqlite_params(cols: list[Field[Any, Any]], rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     """Row values as the SQLite backend stores them (what ``get_db_prep_save`` gives for the types
     used here: JSON text, naive-UTC datetime text; the rest as is), at a fraction of its cost."""
     convert: list[Any] = []
+    to_text = _datetime_adapter(connection)
     for f in cols:
         if isinstance(f, JSONField):
             convert.append(_json_or_null)
         elif f.get_internal_type() == "DateTimeField":
-            convert.append(_datetime_or_null)
+            convert.append(to_text)
         else:
             convert.append(None)
     return [[v if c is None else c(v) for c, v in zip(convert, row, strict=True)] for row in rows]
