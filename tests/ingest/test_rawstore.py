@@ -107,7 +107,7 @@ def test_a_lost_segment_fails_its_messages_and_the_rest_flows(team: Any, setting
     assert lost_msg.last_error.startswith("BlobError: segment ") and "is missing from" in lost_msg.last_error
 
 
-def test_bytes_are_appended_before_the_transaction_and_only_for_new_messages(
+def test_only_the_bytes_of_messages_not_stored_yet_are_appended_once_each(
     team: Any, settings: Any, tmp_path: Any
 ) -> None:
     settings.MAILROOM_RAW_STORE = "files"

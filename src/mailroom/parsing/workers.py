@@ -145,7 +145,7 @@ class ParsePool:
         The calling process parses nothing of a large batch itself: it stores and links, which keeps
         it busy. Measured with one worker on 2 cores (bench/import_bench.py, 20,000 messages): with
         the caller parsing 40% of each batch, the worker idled half the time after the import while
-        the caller's process was saturated (455-535 msgs/s to fully parsed); with none, both were
+        the caller's process was saturated (420-535 msgs/s to fully parsed); with none, both were
         busy (520-610 msgs/s)."""
         if self.processes <= 0 or len(jobs) < 2 * CHUNK:
             return parse_chunk(jobs)
