@@ -1301,6 +1301,22 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         )
         return [json.loads(line) for line in cp.stdout.splitlines() if line.strip()]
 
+    def wait_for_queue(self, queue_name: str, timeout: float = 10.0) -> list[dict[str, object]]:
+        """Wait until some queued message is in ``queue_name`` ("deferred", "active"...); its records.
+
+        The delivery agent logs ``status=deferred`` before the queue manager moves the file to
+        the deferred queue, so the queue is polled rather than read once after the log line.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            q = self.queue()
+            found = [rec for rec in q if rec.get("queue_name") == queue_name]
+            if found:
+                return found
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing in Postfix's {queue_name} queue after {timeout}s: {q}")
+            time.sleep(0.05)
+
     def wait_for_empty_queue(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
