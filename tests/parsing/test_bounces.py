@@ -231,3 +231,26 @@ def test_strong_body_prefilter_equals_the_plain_search(text: str) -> None:
     from mailroom.parsing.bounces import _STRONG_BODY, _strong_body
 
     assert _strong_body(text) == (_STRONG_BODY.search(text) is not None)
+
+
+# Texts made of pieces of the patterns, in other cases, with the letters IGNORECASE also matches
+# (Kelvin sign, long s, dotless i) and line breaks: the substring test before each search must never
+# turn a match away.
+_PIECES = st.sampled_from([
+    "Feedback-Type", "FEEDBACK-TYPE", "feedbac\u212a-type", "Feedback-Type:", " : abuse", "abuse", "ABUSE",
+    "Error: ", "ERROR: 550 no\n", "Error message below:", "error meſſage below:", "\n", "\n\n", " 550", "421",
+    '"notificationType"', '\\"notificationType\\"', ': "Bounce', ':\\"Complaint', "\u0131", "x" * 40, "Версия",
+    "Error: 5.1.1\n\nError message below:\n550 ", "ERROR: a\nerror meſſage below:\n 421", '{"notificationType":"Bounce"',
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, max_size=12).map("".join), st.integers(0, 5000))
+def test_substring_guards_never_change_a_search(text: str, pad: int) -> None:
+    from mailroom.parsing import bounces as b
+
+    for t in (text, "y" * pad + text):
+        assert b._arf_abuse_in_body(t) == bool(b._ARF_ABUSE.search(t[:5000]))
+        assert b._decisive_body(t) == bool(b._DECISIVE_BODY.search(t[:2000]))
+        for kind in ("Bounce", "Complaint"):
+            assert b._sns_notification(t, kind) == bool(b._SNS[kind].search(t[:3000]))
