@@ -21,7 +21,7 @@ def test_messages_are_parsed_alike_with_and_without_worker_processes(team: Any, 
     raws = [make_mail(i, subject=f"Счёт {i}", body=f"Добрый день! Письмо {i}.\n" * (i + 1)) for i in range(60)]
     res = store_batch(team_id=team.pk, kind="lmtp", items=[IncomingRaw(raw=r, key=f"k{i}") for i, r in enumerate(raws)])
     assert pipeline.drain() >= 60
-    got = {m.pk: (m.state, m.subject, m.text) for m in Message.objects.filter(pk__in=res.message_pks)}
+    got = {m.pk: (m.state, m.subject, m.body.text) for m in Message.objects.filter(pk__in=res.message_pks).select_related("body")}
     expected = [parse_message(r) for r in raws]
     assert [got[pk] for pk in res.message_pks] == [("linked", p.subject, p.text) for p in expected]
 

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from mailroom.accounts.access import access_mailbox_for_user
 from mailroom.conversations.access import access_message_for_user, messages_for_user
-from mailroom.conversations.models import Attachment, Message, Source
+from mailroom.conversations.models import Attachment, Message, Source, message_body
 from mailroom.core.errors import InvalidInput, NotFound
 from mailroom.parsing.attachments import content_disposition
 
@@ -159,11 +159,12 @@ def get_message(request: HttpRequest, message_id: int) -> dict[str, Any]:
     parts = list(m.participants.all().order_by("id"))
     addr = [{"address": p.address, "name": p.name, "role": p.role, "contact": p.contact_id} for p in parts]
     sources = m.sources.select_related("folder").order_by("id")
+    body = message_body(m.pk)
     return {
         **_summary(m),
         "in_reply_to": m.in_reply_to, "references": m.references,
         "to": [a for a in addr if a["role"] == "to"], "cc": [a for a in addr if a["role"] == "cc"],
-        "participants": addr, "text": m.text, "reply_text": m.reply_text, "html": m.html,
+        "participants": addr, "text": body.text, "reply_text": body.reply_text, "html": body.html,
         "attachments": [
             {"id": a.pk, "filename": a.filename, "content_type": a.content_type, "size": a.size,
              "content_id": a.content_id, "inline": a.inline, "url": f"/api/v1/messages/{m.pk}/attachments/{a.pk}"}

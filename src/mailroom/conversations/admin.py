@@ -53,7 +53,6 @@ class MessageAdmin(admin.ModelAdmin):
     search_fields = ("message_id", "subject", "from_address")
     raw_id_fields = ("thread",)
     readonly_fields = ("message_id", "message_id_hash", "content_hash", "routing", "auth", "routing_headers")
-    exclude = ("html", "text")
     inlines = [ParticipantInline, SourceInline]
 
 

@@ -92,10 +92,7 @@ class Message(models.Model):
     last_error = models.TextField(blank=True)
     quarantined_at = models.DateTimeField(null=True, blank=True)
 
-    # From the full parse (parsing package).
-    text = models.TextField(blank=True)
-    html = models.TextField(blank=True)  # sanitised
-    reply_text = models.TextField(blank=True)
+    # From the full parse (parsing package); the bodies are in MessageBody.
     is_auto_reply = models.BooleanField(default=False)
     is_bulk = models.BooleanField(default=False)
     bounce = models.JSONField(null=True, blank=True)
@@ -129,6 +126,26 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"<{self.message_id}>"
+
+
+class MessageBody(models.Model):
+    """The bodies from the full parse, in a table of their own: a ``Message`` row stays narrow, so
+    linking, which reads and rewrites every message's row, does not read and rewrite its bodies too
+    (they took the row to several pages: on bench/import_bench.py, reading and rewriting message rows
+    was a third of linking). A message without a parse has no row here."""
+
+    message = models.OneToOneField(Message, primary_key=True, on_delete=models.CASCADE, related_name="body")
+    text = models.TextField(blank=True)
+    html = models.TextField(blank=True)  # sanitised
+    reply_text = models.TextField(blank=True)  # the new text of a reply, without the quoted history
+
+    def __str__(self) -> str:
+        return f"body of message {self.message_id}"
+
+
+def message_body(message_pk: int) -> MessageBody:
+    """A message's bodies; empty ones for a message not parsed yet."""
+    return MessageBody.objects.filter(message_id=message_pk).first() or MessageBody(message_id=message_pk)
 
 
 def raw_bytes(data: bytes | memoryview | None, blob: str) -> bytes:

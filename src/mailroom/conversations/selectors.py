@@ -63,7 +63,7 @@ def _items(message_ids: list[int]) -> list[TimelineItem]:
     rows = {
         r["id"]: r
         for r in Message.objects.filter(pk__in=message_ids).values(
-            "id", "thread_id", "date", "direction", "subject", "from_address", "from_name", "reply_text"
+            "id", "thread_id", "date", "direction", "subject", "from_address", "from_name", "body__reply_text"
         )
     }
     boxes: dict[int, list[int]] = {}
@@ -82,7 +82,7 @@ def _items(message_ids: list[int]) -> list[TimelineItem]:
             from_address=r["from_address"],
             from_name=r["from_name"],
             mailboxes=tuple(sorted(boxes.get(r["id"], ()))),
-            snippet=(r["reply_text"] or "")[:200],
+            snippet=(r["body__reply_text"] or "")[:200],
         )
         for r in (rows[m] for m in message_ids if m in rows)
     ]
@@ -180,7 +180,7 @@ def thread_messages(*, thread: Thread, limit: int = 500) -> list[ThreadMessage]:
             "subject",
             "from_address",
             "from_name",
-            "reply_text",
+            "body__reply_text",
             "in_reply_to",
             "references",
             "routing",
@@ -235,7 +235,7 @@ def thread_messages(*, thread: Thread, limit: int = 500) -> list[ThreadMessage]:
             to=tuple(to.get(r["id"], ())),
             cc=tuple(cc.get(r["id"], ())),
             mailboxes=tuple(sorted(boxes.get(r["id"], ()))),
-            snippet=(r["reply_text"] or "")[:200],
+            snippet=(r["body__reply_text"] or "")[:200],
             parent=parents.get(r["id"]),
             routing=r["routing"],
         )

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from mailroom.conversations.models import Attachment, Message, Participant
+from mailroom.conversations.models import Attachment, Message, MessageBody, Participant
 from mailroom.core.db import insert_dicts, update_rows
 from mailroom.parsing.mime import ParsedMessage
 from mailroom.parsing.workers import ParseJob, parse_pool
@@ -73,9 +73,6 @@ def _parsed_fields(message: Message, parsed: ParsedMessage) -> None:
     message.subject = parsed.subject[:5000]
     if parsed.date is not None and parsed.date_source == "header":
         message.date = parsed.date
-    message.text = parsed.text
-    message.html = parsed.html_safe
-    message.reply_text = parsed.reply_text
     message.is_auto_reply = parsed.is_auto_reply
     message.is_bulk = parsed.is_bulk
     message.bounce = bounce if bounce and bounce.get("is_bounce") else None
@@ -95,7 +92,7 @@ def _parsed_fields(message: Message, parsed: ParsedMessage) -> None:
 
 
 PARSED_FIELDS = [
-    "subject", "date", "text", "html", "reply_text", "is_auto_reply", "is_bulk", "bounce", "auth",
+    "subject", "date", "is_auto_reply", "is_bulk", "bounce", "auth",
     "parse_errors", "has_attachments", "routing_headers", "state",
 ]
 
@@ -124,8 +121,14 @@ def messages_store_parsed(*, items: list[tuple[Message, ParsedMessage]]) -> None
         pks = [m.pk for m, _ in items]
         Participant.objects.filter(message_id__in=pks).delete()
         Attachment.objects.filter(message_id__in=pks).delete()
+        MessageBody.objects.filter(message_id__in=pks).delete()
         participants: list[dict[str, Any]] = []  # rows, not model instances (cheaper to build)
         attachments: list[dict[str, Any]] = []
+        bodies = [
+            {"message_id": m.pk, "text": p.text, "html": p.html_safe, "reply_text": p.reply_text}
+            for m, p in items
+            if p.text or p.html_safe or p.reply_text
+        ]
         for message, parsed in items:
             participants.extend(_participants(message, parsed))
             attachments.extend(
@@ -143,4 +146,5 @@ def messages_store_parsed(*, items: list[tuple[Message, ParsedMessage]]) -> None
             _parsed_fields(message, parsed)
         insert_dicts(Participant, participants)
         insert_dicts(Attachment, attachments)
+        insert_dicts(MessageBody, bodies)
         update_rows(Message, [m for m, _ in items], PARSED_FIELDS)

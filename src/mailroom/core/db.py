@@ -108,10 +108,12 @@ def insert_dicts(
     take the current time. A key that is no attname of the model is an error (``team``, not ``team_id``)."""
     if not rows:
         return
+    from django.db.models.fields import AutoFieldMixin
     from django.utils import timezone
 
     meta = model._meta
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    # Every column but a generated key (a one-to-one key, as MessageBody's, is given).
+    fields = [f for f in meta.concrete_fields if not (f.primary_key and isinstance(f, AutoFieldMixin))]
     conn = transaction.get_connection()
     now = timezone.now()
     plan: list[tuple[str, Any, Any]] = []  # (attname, converter, db value when missing)

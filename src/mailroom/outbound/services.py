@@ -44,7 +44,7 @@ from django.utils import timezone
 from jinja2 import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from mailroom.conversations.models import Message
+from mailroom.conversations.models import Message, message_body
 from mailroom.core.db import insert_rows
 from mailroom.core.errors import Conflict, InvalidInput
 from mailroom.core.tokens import make_message_id
@@ -248,7 +248,7 @@ def parent_info(msg: Message) -> ParentInfo:
         cc=addrs("cc"),
         date=block.get("date"),
         thread_index=block.get("thread-index").strip(),
-        text=msg.text or _text_of(raw),
+        text=message_body(msg.pk).text or _text_of(raw),
         raw=raw,
     )
 
