@@ -690,3 +690,55 @@ def test_relay_token_follows_a_thread_merge(team: Any, mailbox: Mailbox, setting
     m3 = Message.objects.get(pk=res.message_pks[0])
     assert _thread_ids(m3) == [t1]
     assert _rules(m3) == ["relay_token", "sender_verified"]
+
+
+def test_bridge_merges_of_one_batch_move_everything_hung_on_the_absorbed_threads(
+    team: Any, mailbox: Mailbox, settings: Any
+) -> None:
+    """Two bridges in one batch, into two survivors (all of a batch's merges are written at once)."""
+    from mailroom.conversations.models import ThreadAlias
+    from mailroom.ingest.rawstore import IncomingRaw, store_batch
+    from mailroom.outbound.models import RelayToken
+    from mailroom.outbound.relay import relay_token_create
+
+    settings.MAILROOM_RELAY_DOMAIN = "relay.company.test"
+    anna, boris = "anna@client.test", "boris@other.test"
+    a1, b1 = ingest(
+        team, mailbox,
+        raw_email(mid="a1@client.test", frm=anna, subject="Alpha", date=T0),
+        raw_email(mid="b1@other.test", frm=boris, subject="Beta", date=T0 + timedelta(minutes=1)),
+    )
+    # Replies to messages not here yet: each starts a thread of its own.
+    ra, rb = ingest(
+        team, mailbox,
+        raw_email(mid="ra@client.test", frm=anna, subject="Re: Alpha 2", date=T0 + timedelta(hours=3), irt="pa@client.test"),
+        raw_email(mid="rb@other.test", frm=boris, subject="Re: Beta 2", date=T0 + timedelta(hours=3), irt="pb@other.test"),
+    )
+    ta, tb, tra, trb = _thread_ids(a1, b1, ra, rb)
+    assert ta is not None and tb is not None and tra is not None and trb is not None
+    assert len({ta, tb, tra, trb}) == 4
+    token = relay_token_create(kind="client", mailbox=mailbox, owner=None, thread_id=tra)
+    claiming = ThreadFactory(team=team, claimed_thread_id=tra)
+    older = ThreadAliasFactory(survivor=Thread.objects.get(pk=trb))
+    # The missing parents arrive in one batch: each joins its thread and bridges the replies' thread.
+    res = store_batch(
+        team_id=team.pk, kind="lmtp", mailbox=mailbox,
+        items=[
+            IncomingRaw(raw=raw_email(mid="pa@client.test", frm=anna, subject="Re: Alpha", irt="a1@client.test",
+                                      date=T0 + timedelta(hours=2)), key="bridge:pa"),
+            IncomingRaw(raw=raw_email(mid="pb@other.test", frm=boris, subject="Re: Beta", irt="b1@other.test",
+                                      date=T0 + timedelta(hours=2)), key="bridge:pb"),
+        ],
+    )
+    drain()
+    pa, pb = Message.objects.filter(pk__in=res.message_pks).order_by("message_id")
+    assert _thread_ids(a1, ra, pa) == [ta, ta, ta]
+    assert _thread_ids(b1, rb, pb) == [tb, tb, tb]
+    assert [r for r in _rules(pa) if r == "bridge_merge"] == ["bridge_merge"]
+    assert not Thread.objects.filter(pk__in=[tra, trb]).exists()
+    assert dict(ThreadAlias.objects.filter(team=team).values_list("absorbed_id", "survivor_id")) == {
+        tra: ta, trb: tb, older.absorbed_id: tb,
+    }
+    assert RelayToken.objects.get(pk=token.pk).thread_id == ta
+    assert Thread.objects.get(pk=claiming.pk).claimed_thread_id == ta
+    assert Thread.objects.get(pk=ta).message_count == 3 and Thread.objects.get(pk=tb).message_count == 3

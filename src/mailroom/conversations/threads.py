@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, Max, Min
+from django.db.models import BigIntegerField, Case, Count, Max, Min, Value, When
 
 from mailroom.conversations.models import (
     Message,
@@ -52,14 +52,27 @@ def _place(message_ids: list[int], thread: Thread, reason: str, user: Any) -> No
     )
 
 
-def thread_refs_follow_merge(*, absorbed_id: int, survivor_id: int) -> None:
-    """Point what other packages hang on the absorbed thread at the survivor before it is deleted: a
-    relay token (``reply+<token>@``) would otherwise be deleted with it (its foreign key cascades) and
-    the client's next reply through it would lose its thread; outbox rows would lose theirs."""
+def thread_refs_follow_merge(*, survivors: dict[int, int]) -> None:
+    """Point what other packages hang on absorbed threads at their survivors (``survivors``: absorbed
+    id -> survivor id) before the absorbed are deleted: a relay token (``reply+<token>@``) would
+    otherwise be deleted with its thread (its foreign key cascades) and the client's next reply
+    through it would lose its thread; outbox rows would lose theirs."""
     from mailroom.outbound.models import OutboxMessage, RelayToken
 
-    RelayToken.objects.filter(thread_id=absorbed_id).update(thread_id=survivor_id)
-    OutboxMessage.objects.filter(thread_id=absorbed_id).update(thread_id=survivor_id)
+    repoint(RelayToken, "thread_id", survivors)
+    repoint(OutboxMessage, "thread_id", survivors)
+
+
+def repoint(model: Any, field: str, survivors: dict[int, int]) -> None:
+    """Set ``field`` (a thread id) of ``model``'s rows from each absorbed thread to its survivor: one
+    UPDATE for any number of merges (``CASE field WHEN absorbed THEN survivor ...``)."""
+    if not survivors:
+        return
+    absorbed = list(survivors)
+    for i in range(0, len(absorbed), 300):  # three bound parameters a merge; SQLite's limit may be 999
+        chunk = absorbed[i : i + 300]
+        case = Case(*(When(**{field: a}, then=Value(survivors[a])) for a in chunk), output_field=BigIntegerField())
+        model.objects.filter(**{f"{field}__in": chunk}).update(**{field: case})
 
 
 def _user(user: Any) -> Any:
@@ -86,7 +99,7 @@ def thread_merge(
         defaults={"team_id": survivor.team_id, "survivor": survivor, "created_by": _user(user)},
     )
     Thread.objects.filter(claimed_thread=absorbed).update(claimed_thread=survivor)
-    thread_refs_follow_merge(absorbed_id=absorbed.pk, survivor_id=survivor.pk)
+    thread_refs_follow_merge(survivors={absorbed.pk: survivor.pk})
     if survivor.deal_id is None and absorbed.deal_id is not None:
         survivor.deal_id, survivor.deal_source = absorbed.deal_id, absorbed.deal_source
         survivor.save(update_fields=["deal", "deal_source"])
