@@ -123,3 +123,20 @@ def test_only_the_bytes_of_messages_not_stored_yet_are_appended_once_each(
     assert segment.stat().st_size == len(raws[0]) + len(raws[1])  # nothing appended for stored messages
     rows = {r.message_id: r.read() for r in MessageRaw.objects.all()}
     assert [rows[pk] for pk in first.message_pks] == raws
+
+
+def test_bytes_prepared_before_the_transaction_are_the_ones_stored(team: Any, settings: Any, tmp_path: Any) -> None:
+    from mailroom.ingest.rawstore import store_prepare
+
+    settings.MAILROOM_RAW_STORE = "files"
+    settings.MAILROOM_BLOB_DIR = tmp_path / "blobs"
+    raws = [make_mail(1), make_mail(2)]
+    items = [IncomingRaw(raw=r, key=f"k{i}") for i, r in enumerate(raws)]
+    prepared = store_prepare(team_id=team.pk, items=items)  # as the IMAP sync does, before its transaction
+    (segment,) = (tmp_path / "blobs").glob("*.seg")
+    assert segment.stat().st_size == len(raws[0]) + len(raws[1]) and not Message.objects.exists()
+    res = store_batch(team_id=team.pk, items=items, kind="lmtp", prepared=prepared)
+    assert segment.stat().st_size == len(raws[0]) + len(raws[1])  # not appended a second time
+    assert raw_refs_for(res.message_pks) == dict(zip(res.message_pks, prepared.appended.values(), strict=True))
+    with pytest.raises(ValueError, match="prepared for other items"):
+        store_batch(team_id=team.pk, items=list(items), kind="lmtp", prepared=prepared)

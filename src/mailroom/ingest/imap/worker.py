@@ -22,7 +22,7 @@ from mailroom.conversations.models import Source
 from mailroom.ingest.imap.client import Fetched, ImapSession, ServerFolder, is_network_error
 from mailroom.ingest.imap.plan import Cursor, ServerState, batches, plan_folder
 from mailroom.ingest.models import ImportFailure
-from mailroom.ingest.rawstore import IncomingRaw, store_batch
+from mailroom.ingest.rawstore import IncomingRaw, store_batch, store_prepare
 from mailroom.mailboxes.connect import ImapError, imap_settings
 from mailroom.mailboxes.models import Folder, Mailbox
 from mailroom.parsing.headers import summarize_headers
@@ -82,7 +82,9 @@ def folders_refresh(session: ImapSession, mailbox: Mailbox) -> list[Folder]:
 
 
 def _store(mailbox: Mailbox, folder: Folder, items: list[IncomingRaw], cursor_update: dict[str, object]) -> tuple[int, int]:
-    """Store a batch and move the cursor in ONE transaction: nothing acknowledged before durable."""
+    """Store a batch and move the cursor in ONE transaction: nothing acknowledged before durable.
+    What needs no write lock (appending the bytes, with their fdatasync) is done before it."""
+    prepared = store_prepare(team_id=mailbox.team_id, items=items)
     with transaction.atomic():
         res = store_batch(
             team_id=mailbox.team_id,
@@ -91,6 +93,7 @@ def _store(mailbox: Mailbox, folder: Folder, items: list[IncomingRaw], cursor_up
             mailbox=mailbox,
             folder=folder,
             uidvalidity=folder.uidvalidity,
+            prepared=prepared,
         )
         Folder.objects.filter(pk=folder.pk).update(
             stored_count=F("stored_count") + res.new_sources, last_sync_at=timezone.now(), **cursor_update
