@@ -36,9 +36,42 @@ def test_beside_an_import_a_process_of_its_own_parses_and_links(team: Any, setti
                 team_id=team.pk, kind="lmtp",
                 items=[IncomingRaw(raw=r, key=f"k{start + i}") for i, r in enumerate(raws[start : start + 10])],
             )
-    # The child (which saw this test's database) parsed and linked every message before it exited.
-    assert handled == [80]
+    # The child (which saw this test's database) parsed every message; the child and this process
+    # linked them, one after the other: each of the 40 was counted once when parsed, once when linked.
+    assert len(handled) == 2 and sum(handled) == 80
     assert list(Message.objects.order_by("id").values_list("state", "subject")) == [
         ("linked", f"Заказ {i}") for i in range(40)
     ]
     assert pipeline.drain() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_once_the_import_is_over_the_child_parses_and_this_process_links(team: Any, settings: Any) -> None:
+    settings.MAILROOM_PARSE_PROCESSES = 1
+    raws = [make_mail(i, subject=f"Отчёт {i}", body=f"Строка {i}.\n" * (i + 1)) for i in range(30)]
+    store_batch(team_id=team.pk, kind="lmtp", items=[IncomingRaw(raw=r, key=f"k{i}") for i, r in enumerate(raws)])
+    # An empty body: it is over before the child (a new interpreter setting up Django) takes a step,
+    # so the child only parses (30) and this process links all of it (30).
+    with pipeline.in_background() as handled:
+        pass
+    assert handled == [30, 30]
+    assert list(Message.objects.order_by("id").values_list("state", "subject")) == [
+        ("linked", f"Отчёт {i}") for i in range(30)
+    ]
+    assert pipeline.drain() == 0
+
+
+def test_beside_an_import_parsing_comes_first_and_linking_waits_until_it_is_caught_up(team: Any) -> None:
+    import threading
+
+    raws = [make_mail(i, subject=f"Тема {i}") for i in range(5)]
+    store_batch(team_id=team.pk, kind="lmtp", items=[IncomingRaw(raw=r, key=f"k{i}") for i, r in enumerate(raws)])
+    wake = threading.Event()
+
+    def states() -> list[str]:
+        return list(Message.objects.order_by("id").values_list("state", flat=True))
+
+    assert pipeline.background_step(wake, parse_first=True) == 5
+    assert states() == ["parsed"] * 5  # not linked while there was parsing to do
+    assert pipeline.background_step(wake, parse_first=True) == 5
+    assert states() == ["linked"] * 5

@@ -9,9 +9,14 @@ import os
 from typing import Any
 
 
-def pipeline_process(overrides: dict[str, Any], stop: Any, wake: Any, results: Any, parent: int) -> None:
-    """Sweeps while the import runs, then drains with two threads and exits; gives up if its parent
-    is gone (killed: nothing to report to, and the next run's drain finishes the work)."""
+def pipeline_process(
+    overrides: dict[str, Any], stop: Any, wake: Any, handed: Any, results: Any, parent: int
+) -> None:
+    """Sweeps while the import runs: parses, and links only when parsing has caught up (a slow import;
+    a fast one is linked after it). Once told to stop, it sets ``handed`` (it links no more: the
+    parent, its import done, links from then on), parses what is left with two threads and exits. It
+    gives up if its parent is gone (killed: nothing to report to, and the next run's drain finishes
+    the work)."""
     import django
     from django.conf import settings
 
@@ -26,9 +31,10 @@ def pipeline_process(overrides: dict[str, Any], stop: Any, wake: Any, results: A
     n = 0
     try:
         while not stop.is_set() and os.getppid() == parent:
-            n += background_step(wake)
+            n += background_step(wake, parse_first=True)
+        handed.set()
         if os.getppid() == parent:
-            n += drain()
+            n += drain(link=False)
     finally:
         results.put(n)
         parse_pool(settings.MAILROOM_PARSE_PROCESSES).shutdown()

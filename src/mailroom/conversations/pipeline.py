@@ -224,21 +224,23 @@ def _link_pending(limit: int, messages_link: Callable[..., None]) -> int:
     return len(pks)
 
 
-def process_pending() -> int:
-    """One sweep: parse a batch, then link. Returns the number of messages handled."""
-    return parse_pending() + link_pending()
+def process_pending(*, link: bool = True) -> int:
+    """One sweep: parse a batch, then link (unless ``link`` is false: another process links).
+    Returns the number of messages handled."""
+    return parse_pending() + (link_pending() if link else 0)
 
 
-def drain(max_rounds: int = 1_000_000) -> int:
+def drain(max_rounds: int = 1_000_000, *, link: bool = True) -> int:
     """Process until nothing is pending (`mailroom sync --once`, tests). Two threads take turns at
     the stages, so that one links a batch while the other has the next one parsed (in the parse
     worker processes); inside a transaction (tests) one thread does it all, as other connections
-    could not see the caller's uncommitted rows."""
+    could not see the caller's uncommitted rows. With ``link`` false it only parses (another
+    process links: see ``_in_process_beside``)."""
     if connection.in_atomic_block:
-        return _drain_loop(max_rounds)
+        return _drain_loop(max_rounds, link)
     with ThreadPoolExecutor(1, thread_name_prefix="pipeline-drain") as helper:
-        other = helper.submit(_drain_thread, max_rounds)
-        total = _drain_loop(max_rounds)
+        other = helper.submit(_drain_thread, max_rounds, link)
+        total = _drain_loop(max_rounds, link)
         return total + other.result()
 
 
@@ -251,12 +253,14 @@ def in_background(threads: int = 1) -> Iterator[list[int]]:
     caller's uncommitted rows.
 
     Where parse workers are configured (more than one core), the pipeline runs in a process of its
-    own, with its own parse workers, and drains before the body's exit returns. In this process it
-    competed with the import for one interpreter lock: measured on bench/import_bench.py (20,000
-    messages, 2 cores, two pairs of runs back to back), the import ran at 1,076 and 1,275 msgs/s
-    beside a pipeline process against 818 and 958 beside a pipeline thread, and everything was parsed
-    and linked at 481 and 558 against 409 and 479 msgs/s. Otherwise ``threads`` threads of this
-    process do it (one by default: a second one slowed the import more than it helped)."""
+    own, with its own parse workers (``_in_process_beside``), and everything pending is parsed and
+    linked before the body's exit returns; the list then receives the child's count and this
+    process's. In this process the pipeline competed with the import for one interpreter lock:
+    measured on bench/import_bench.py (20,000 messages, 2 cores, two pairs of runs back to back),
+    the import ran at 1,076 and 1,275 msgs/s beside a pipeline process against 818 and 958 beside a
+    pipeline thread, and everything was parsed and linked at 481 and 558 against 409 and 479 msgs/s.
+    Otherwise ``threads`` threads of this process do it (one by default: a second one slowed the
+    import more than it helped)."""
     from django.conf import settings
 
     handled: list[int] = []
@@ -298,10 +302,11 @@ def _in_threads(threads: int, handled: list[int]) -> Iterator[None]:
         remove_wake_callback(wake.set)
 
 
-def background_step(wake: Any) -> int:
-    """One background sweep; waits for a wake-up (at most half a second) when there was nothing."""
+def background_step(wake: Any, *, parse_first: bool = False) -> int:
+    """One background sweep; waits for a wake-up (at most half a second) when there was nothing.
+    With ``parse_first`` it links only when there was nothing to parse (see ``_in_process_beside``)."""
     try:
-        done = process_pending()
+        done = (parse_pending() or link_pending()) if parse_first else process_pending()
     except Exception:  # logged; the sweep (drain) picks the rest up
         log.exception("pipeline.background_failed")
         done = 0
@@ -313,10 +318,21 @@ def background_step(wake: Any) -> int:
 
 @contextmanager
 def _in_process_beside(handled: list[int]) -> Iterator[None]:
+    """The pipeline in a child process (``conversations/background.py``) while the body runs.
+
+    While the body runs, the child parses and links only when parsing has caught up: a linking
+    batch holds the database's write lock for a while, and the import waited for it
+    (bench/import_bench.py, 20,000 messages, two runs each, alternating: with the child linking
+    nothing during the import, which is what this comes to on a fast one, the import ran at 1,380
+    and 1,427 msgs/s against 1,301 and 1,032 when it linked all along, and everything was parsed and
+    linked at 692 and 696 against 719 and 640 msgs/s). Once the body is over the child parses what
+    is left and this process, its import done, links (``_link_beside``). Before, the child did both
+    while this process waited: after the import its core was idle a fifth of the time, the child
+    being at 90% of a core and its parse worker waiting for it (per-second samples)."""
     from django.conf import settings
 
     ctx = multiprocessing.get_context("spawn")  # never fork a process with threads and connections
-    stop, wake = ctx.Event(), ctx.Event()
+    stop, wake, handed = ctx.Event(), ctx.Event(), ctx.Event()
     results = ctx.SimpleQueue()
     # The child has this process's configuration, as changed at run time too (a test database).
     overrides = {name: getattr(settings, name) for name in dir(settings) if name.startswith("MAILROOM_")}
@@ -325,35 +341,67 @@ def _in_process_beside(handled: list[int]) -> Iterator[None]:
     from mailroom.conversations.background import pipeline_process
 
     child = ctx.Process(
-        target=pipeline_process, args=(overrides, stop, wake, results, os.getpid()), name="mailroom-pipeline"
+        target=pipeline_process, args=(overrides, stop, wake, handed, results, os.getpid()),
+        name="mailroom-pipeline",
     )
     child.start()
     on_wake(wake.set)
+    linked = 0
     try:
         yield
     finally:
         stop.set()
         wake.set()
-        child.join()  # after it has drained what is pending
         remove_wake_callback(wake.set)
-        handled.append(0 if results.empty() else results.get())
+        # The import is over and this process's core is free: the child parses what is left and
+        # this process links it, once the child has said it links no more (never both at once).
+        if _wait_for(handed, child):
+            linked = _link_beside(child)
+        child.join()  # after it has parsed what is pending
+        handled.extend((0 if results.empty() else results.get(), linked))
         if child.exitcode:
             log.warning("pipeline.process_failed", extra={"exitcode": child.exitcode})
 
 
-def _drain_loop(max_rounds: int) -> int:
+def _wait_for(event: Any, child: Any) -> bool:
+    """Wait for ``event`` while ``child`` (a process) runs; whether it was set."""
+    while not event.wait(0.2):
+        if not child.is_alive():
+            return event.is_set()
+    return True
+
+
+def _link_beside(child: Any) -> int:
+    """Link parsed messages while ``child`` parses the rest, then what it left parsed. Returns how
+    many were linked; an error stops it (logged: the caller's ``drain`` finishes the work)."""
+    linked = 0
+    try:
+        while True:
+            running = child.is_alive()
+            n = link_pending()
+            linked += n
+            if not n:
+                if not running:
+                    return linked
+                child.join(0.05)  # wait for the next parsed batch, or for the child's end
+    except Exception:
+        log.exception("pipeline.link_beside_failed")
+        return linked
+
+
+def _drain_loop(max_rounds: int, link: bool = True) -> int:
     total = 0
     for _ in range(max_rounds):
-        n = process_pending()
+        n = process_pending(link=link)
         total += n
         if n == 0:
             break
     return total
 
 
-def _drain_thread(max_rounds: int) -> int:
+def _drain_thread(max_rounds: int, link: bool = True) -> int:
     try:
-        return _drain_loop(max_rounds)
+        return _drain_loop(max_rounds, link)
     finally:
         connection.close()  # this thread's own connection
 
