@@ -73,13 +73,19 @@ def test_kill_minus_nine_during_import_then_restart_exactly_once(mail_user: Any,
     rnd = random.Random(42)
     kills = 0
     for _ in range(4):
+        # Killed once a random number more of messages are stored, then a random moment later:
+        # mid-import whatever this machine's speed (a random sleep alone let a fast machine finish).
+        target = min(Source.objects.count() + rnd.randint(100, 350), n + 199)
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rnd.uniform(0.3, 1.2))
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and Source.objects.count() < target and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rnd.uniform(0, 0.3))  # anywhere in the next batch, not just after a commit
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-    assert kills >= 2, "the import finished before it could be killed: make the mailbox bigger"
+    assert kills == 4, "the import finished before it could be killed"
     final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
 
