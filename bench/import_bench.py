@@ -244,6 +244,8 @@ def main() -> int:
             print(cp.stderr)
         r = json.loads(cp.stdout.strip().splitlines()[-1])
         db = "PostgreSQL" if args.database_url.startswith("postgres") else "SQLite (WAL, synchronous=FULL)"
+        store = os.environ.get("MAILROOM_RAW_STORE") or ("database" if db == "PostgreSQL" else "files")
+        db += f", raw bytes in {'segment files' if store == 'files' else 'the database'}"
         rate = r["stored"] / r["stored_secs"]
         full_secs = r["stored_secs"] + r["processed_secs"]
         full_rate = r["stored"] / full_secs

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from django.db import transaction
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailroom.conversations.models import Message, Source
@@ -92,3 +92,38 @@ def test_the_datetime_adapter_passes_none_and_other_types_to_the_backend() -> No
     assert adapt(None) is None
     now = dj_timezone.now()
     assert adapt(now) == connection.ops.adapt_datetimefield_value(now)
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # rolled back each time
+@given(
+    subject=_TEXT,
+    refs=st.lists(_TEXT, max_size=3),
+    routing=st.dictionaries(_TEXT, _JSON, max_size=3),
+    when=st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)),  # noqa: DTZ001 - naive bounds
+    minutes=st.integers(min_value=-14 * 60, max_value=14 * 60),
+    is_bulk=st.booleans(),
+)
+def test_insert_dicts_stores_any_text_json_and_datetime_as_the_orm_reads_it(
+    team: Any, subject: str, refs: list[str], routing: dict[str, Any], when: datetime, minutes: int, is_bulk: bool
+) -> None:
+    # On PostgreSQL the rows go as one JSON document (jsonb_to_recordset): quotes, backslashes,
+    # Cyrillic, astral characters, nested JSON and any UTC offset come back as they went in.
+    date = when.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+    with transaction.atomic():
+        insert_dicts(Message, [{
+            "team_id": team.pk, "message_id": "p@x", "message_id_hash": "hp", "content_hash": "cp",
+            "received_at": WHEN, "date": date, "subject": subject, "references": refs,
+            "routing_headers": routing, "is_bulk": is_bulk,
+        }])
+        got = Message.objects.get(team=team, message_id="p@x")
+        assert (got.subject, got.references, got.routing_headers, got.date, got.is_bulk) == (
+            subject, refs, routing, date, is_bulk)
+        transaction.set_rollback(True)

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from mailroom.conversations.models import Message, MessageRaw, Source
 from mailroom.core.blobs import blob_store
-from mailroom.core.db import insert_dicts
+from mailroom.core.db import insert_dicts, insert_tuples
 from mailroom.mailboxes.models import Folder, Mailbox
 from mailroom.parsing.headers import HeaderSummary, summarize_headers
 
@@ -101,6 +101,9 @@ def _insert_raws(rows: list[tuple[int, bytes]], refs: Sequence[str | None] = ())
         params: list[tuple[int, str | bytes]] = [
             (pk, ref if ref is not None else next(appended)) for (pk, _), ref in zip(rows, known, strict=True)
         ]
+        if connection.vendor == "postgresql":  # no bytes in these rows: one JSON document, not a row a statement
+            insert_tuples(MessageRaw, ["message_id", "blob"], params, ignore_conflicts=True)
+            return
     else:
         sql = f"INSERT INTO {table} (message_id, data, blob) VALUES (%s, %s, '')"  # noqa: S608 - fixed identifiers
         params = list(rows)
