@@ -3,7 +3,9 @@
 ``bulk_create`` and ``bulk_update`` compile every value of every row through the ORM's SQL compiler
 (``bulk_update`` even builds a CASE per field and row); on the import path that costs more than the
 work itself. These helpers send ONE fixed statement with ``executemany``: the driver prepares it
-once (a fixed SQL text also keeps the statement cache from holding a batch's blobs alive)."""
+once (a fixed SQL text also keeps the statement cache from holding a batch's blobs alive). On
+PostgreSQL, rows with no bytes in them go as one JSON document a chunk instead (``jsonb_to_recordset``:
+one statement, no per-value quoting in Python)."""
 
 from __future__ import annotations
 
@@ -183,8 +185,8 @@ def update_rows(model: Any, objs: Sequence[Any], fields: Sequence[str]) -> None:
 
 # --- rows as tuples of plain values (the linker's hot path) -----------------------------------------
 # No model instances at all. PostgreSQL gets the whole chunk as ONE JSON parameter unpacked by
-# jsonb_to_recordset; that only suits JSON-representable columns (not binary), hence the object-based
-# helpers above for the raw store.
+# jsonb_to_recordset; that only suits JSON-representable columns (not binary: raw bytes in the database
+# go through the executemany of the helpers above).
 
 
 def _json_default(value: Any) -> Any:
