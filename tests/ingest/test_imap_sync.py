@@ -145,6 +145,37 @@ def test_message_without_message_id_or_headers_is_still_stored(mail_user: Any) -
     assert synth.message_id.startswith("mr-synth-") and b"not an email" in synth.raw.read()
 
 
+def test_raw_8bit_message_ids_are_stored_and_threaded_and_the_mailbox_flows(mail_user: Any) -> None:
+    from mailroom.conversations import pipeline
+
+    user = mail_user()
+
+    def with_raw_ids(n: int, message_id: bytes, in_reply_to: bytes = b"") -> bytes:
+        # Raw 8-bit bytes in the id headers, as some mail software writes them (no encoding).
+        head, body = make_mail(n).split(b"\n\n", 1)
+        lines = [ln for ln in head.split(b"\n") if not ln.lower().startswith(b"message-id:")]
+        lines.append(b"Message-ID: <" + message_id + b">")
+        if in_reply_to:
+            lines.append(b"In-Reply-To: <" + in_reply_to + b">")
+        return b"\n".join(lines) + b"\n\n" + body
+
+    cyrillic = "заказ-17@магазин.рф".encode()
+    user.dovecot.deliver(user.email, with_raw_ids(1, cyrillic))
+    user.dovecot.deliver(user.email, with_raw_ids(2, b"koi8-\xda\xc1\xcb\xc1\xda@shop.test"))
+    user.dovecot.deliver(user.email, with_raw_ids(3, b"reply-1@client.test", in_reply_to=cyrillic))
+    user.dovecot.deliver(user.email, make_mail(4, msgid="plain-4@client.test"))
+    mb = mailbox_for(user, sync_roles=["inbox"])
+    # Such an id once failed its whole batch, at every retry: the mailbox was stuck behind it.
+    assert {k: v.stored for k, v in mailbox_sync_once(mb).items()} == {"INBOX": 4}
+    pipeline.drain()
+    ids = dict(Message.objects.values_list("message_id", "thread_id"))
+    assert sorted(ids) == sorted([
+        "заказ-17@магазин.рф", "koi8-\\xda\\xc1\\xcb\\xc1\\xda@shop.test", "reply-1@client.test", "plain-4@client.test",
+    ])
+    assert ids["reply-1@client.test"] == ids["заказ-17@магазин.рф"]
+    assert set(Message.objects.values_list("state", flat=True)) == {"linked"}
+
+
 def test_cyrillic_folder_names_and_roles(mail_user: Any) -> None:
     user = mail_user()
     user.dovecot.create_folder(user.email, "Проекты")

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailroom.parsing.headers import Address, _fast_pairs, parse_addresses, parse_one_address
+from mailroom.parsing.headers import (
+    Address,
+    _fast_pairs,
+    msgid_list,
+    parse_addresses,
+    parse_one_address,
+    summarize_headers,
+)
 from mailroom.parsing.rawheaders import parse_header_block
 
 CORPORA = Path(__file__).resolve().parent.parent / "corpora"
@@ -116,3 +123,32 @@ def test_the_content_hash_is_the_stored_identity_formula(body: bytes) -> None:
     # The CRLF copy (IMAP) and the LF copy (a Maildir, an .eml file) of a message are one message.
     lf_copy = body.replace(b"\r\n", b"\n")
     assert content_hash_of("<a@b>", "Mon, 1 Jan 2024 10:00:00 +0000", "A <a@b>", "Hi", lf_copy) == expected
+
+
+@pytest.mark.parametrize(("raw_value", "ids"), [
+    (b"<a@x> <b@y>\r\n <a@x>", ("a@x", "b@y")),
+    # UTF-8 ids (RFC 6532; Russian mail software): text, not the raw header's surrogate escapes.
+    ("<письмо.1@пример.рф> <ответ@почта.рф>".encode(), ("письмо.1@пример.рф", "ответ@почта.рф")),
+    # Bytes that are no UTF-8 (a KOI8-R id), control characters: what a database column takes.
+    (b"<\xf0\xc9\xd3\xd8\xcd\xcf@x> <a\x00b\x01@y>", ("\\xf0\\xc9\\xd3\\xd8\\xcd\\xcf@x", "ab@y")),
+])
+def test_message_ids_are_text_a_database_stores(raw_value: bytes, ids: tuple[str, ...]) -> None:
+    block, _ = parse_header_block(b"References: " + raw_value + b"\r\n\r\n")
+    assert msgid_list(block.get("references")) == ids
+    for i in ids:
+        i.encode("utf-8")  # no surrogate left
+
+
+def test_an_id_named_by_two_headers_is_the_same_id_in_both() -> None:
+    raw = "Message-ID: <заказ\x00-7@магазин.рф>\r\nIn-Reply-To: <заказ\x00-7@магазин.рф>\r\n\r\nx".encode()
+    s = summarize_headers(raw)
+    assert (s.message_id, s.in_reply_to) == ("заказ-7@магазин.рф", ("заказ-7@магазин.рф",))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60))
+def test_any_header_bytes_give_storable_ids(value: bytes) -> None:
+    block, _ = parse_header_block(b"References: <" + value.replace(b"\n", b"") + b"@x>\r\n\r\n")
+    for i in msgid_list(block.get("references")):
+        i.encode("utf-8")
+        assert "\x00" not in i

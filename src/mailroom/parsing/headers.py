@@ -51,9 +51,28 @@ def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
     return raw[: m.end()], raw[m.end() :]
 
 
+# Control characters but the whitespace that separates ids (a database text column takes no NUL).
+_ID_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+_OTHER_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")  # surrogateescape uses U+DC80-U+DCFF
+
+
+def _storable(value: str) -> str:
+    """A header value with its 8-bit bytes (surrogate escapes of the raw header) as UTF-8 text where
+    they are UTF-8 (RFC 6532 ids, as Cyrillic ones), as ``\\xNN`` where not, and without control
+    characters: no database takes a lone surrogate, PostgreSQL takes no NUL, and such a Message-ID
+    made its whole import batch fail, again at every retry."""
+    if not value.isascii():
+        value = _OTHER_SURROGATE.sub("\ufffd", value)  # a surrogate that stands for no raw byte
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _ID_CONTROL.sub("", value)
+
+
 def msgid_list(value: str | None) -> tuple[str, ...]:
+    """The ids (without angle brackets) of a Message-ID, In-Reply-To or References value, in order,
+    each once; text a database stores (``_storable``), the same wherever a header names it."""
     if not value:
         return ()
+    value = _storable(value)
     ids = _MSGID.findall(value)
     if not ids:
         stripped = value.strip()
