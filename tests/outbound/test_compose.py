@@ -94,6 +94,16 @@ def test_forward_as_message_rfc822() -> None:
     assert att.get_content()["Subject"] == "inner"
 
 
+def test_ids_with_non_ascii_text_are_left_out_of_a_reply() -> None:
+    raw = compose.build_message(_draft(
+        in_reply_to="заказ-17@магазин.рф", references=("root@client.test", "заказ-17@магазин.рф"),
+    ))
+    assert raw.isascii()
+    msg = _parse(raw)
+    assert msg["In-Reply-To"] is None
+    assert msg["References"] == "<root@client.test>"
+
+
 def test_references_trimmed_first_and_last() -> None:
     refs = [f"r{i}@x" for i in range(50)]
     trimmed = compose.trim_references(refs)

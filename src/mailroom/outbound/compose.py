@@ -280,10 +280,13 @@ def build_message(draft: Draft) -> bytes:
         h.append(f"Reply-To: {format_addr_list(draft.reply_to)}")
     h.append(f"Subject: {encode_text(draft.subject, 'Subject')}")
     h.append(f"Message-ID: <{draft.message_id}>")
-    if draft.in_reply_to:
+    # An id with non-ASCII text (a Cyrillic Message-ID, RFC 6532) would need SMTPUTF8 all the way to
+    # the client: left out. The reply still joins its thread here (our own Message-ID, relay token).
+    if draft.in_reply_to and draft.in_reply_to.isascii():
         h.append(f"In-Reply-To: <{draft.in_reply_to}>")
-    if draft.references:
-        h.append(f"References: {format_msgid_list(trim_references(draft.references))}")
+    references = trim_references([r for r in draft.references if r.isascii()])
+    if references:
+        h.append(f"References: {format_msgid_list(references)}")
     if draft.thread_index:
         h.append(f"Thread-Index: {draft.thread_index}")
     if draft.thread_topic:
