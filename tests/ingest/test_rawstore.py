@@ -140,3 +140,17 @@ def test_bytes_prepared_before_the_transaction_are_the_ones_stored(team: Any, se
     assert raw_refs_for(res.message_pks) == dict(zip(res.message_pks, prepared.appended.values(), strict=True))
     with pytest.raises(ValueError, match="prepared for other items"):
         store_batch(team_id=team.pk, items=list(items), kind="lmtp", prepared=prepared)
+
+
+def test_nul_and_raw_bytes_in_addresses_and_routing_headers_are_stored_parsed_and_linked(team: Any) -> None:
+    # PostgreSQL takes no NUL and no lone surrogate, in text or JSON: such a header made the
+    # import batch fail (a mailbox stuck behind it) or the parse quarantine the message.
+    raw = (b"Message-ID: <h2@x.test>\r\nFrom: \"A\x00B\" <a\x00b@x.test>\r\nTo: c\x00d@y.test, e@y.test\r\n"
+           b"Subject: s\r\nX-GM-THRID: 1\x00\r\nThread-Topic: \xd0\xa1\xd1\x87\xd1\x91\xd1\x82 \xff\r\n"
+           b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nbody\x00\xff\r\n")
+    assert store_batch(team_id=team.pk, kind="lmtp", items=[IncomingRaw(raw=raw, key="k1")]).new_messages == 1
+    pipeline.drain()
+    m = Message.objects.get()
+    assert (m.state, m.message_id, m.from_address) == ("linked", "h2@x.test", "")  # no address holds a NUL
+    assert list(m.participants.values_list("address", flat=True)) == ["e@y.test"]
+    assert (m.routing_headers["gm_thread_id"], m.routing_headers["thread_topic"]) == ("1", "Счёт \\xff")

@@ -53,10 +53,11 @@ def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
 
 # Control characters but the whitespace that separates ids (a database text column takes no NUL).
 _ID_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+_ADDR_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _OTHER_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")  # surrogateescape uses U+DC80-U+DCFF
 
 
-def _storable(value: str) -> str:
+def storable_text(value: str) -> str:
     """A header value with its 8-bit bytes (surrogate escapes of the raw header) as UTF-8 text where
     they are UTF-8 (RFC 6532 ids, as Cyrillic ones), as ``\\xNN`` where not, and without control
     characters: no database takes a lone surrogate, PostgreSQL takes no NUL, and such a Message-ID
@@ -69,10 +70,10 @@ def _storable(value: str) -> str:
 
 def msgid_list(value: str | None) -> tuple[str, ...]:
     """The ids (without angle brackets) of a Message-ID, In-Reply-To or References value, in order,
-    each once; text a database stores (``_storable``), the same wherever a header names it."""
+    each once; text a database stores (``storable_text``), the same wherever a header names it."""
     if not value:
         return ()
-    value = _storable(value)
+    value = storable_text(value)
     ids = _MSGID.findall(value)
     if not ids:
         stripped = value.strip()
@@ -92,7 +93,7 @@ def normalize_address(addr: str) -> str:
     if addr.startswith("mailto:"):
         addr = addr[7:]
     addr = addr.rstrip(".")
-    if "@" not in addr or " " in addr:
+    if "@" not in addr or " " in addr or _ADDR_CONTROL.search(addr):  # no control characters (a NUL)
         return ""
     local, _, domain = addr.rpartition("@")
     if not local or not domain:

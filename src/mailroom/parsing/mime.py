@@ -27,6 +27,7 @@ from mailroom.parsing.headers import (
     msgid_list,
     parse_addresses,
     parse_date,
+    storable_text,
     synthesise_message_id,
 )
 from mailroom.parsing.html import html_to_text, sanitize_html
@@ -83,7 +84,8 @@ class CalendarEvent:
 @pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class RoutingHeaders:
-    """Raw values of headers that routing rules look at (unfolded, not decoded)."""
+    """Raw values of headers that routing rules look at (unfolded, not decoded; 8-bit bytes and
+    control characters as ``headers.storable_text`` gives them)."""
 
     thread_index: str = ""
     thread_topic: str = ""
@@ -778,7 +780,7 @@ _ROUTING_MAP = {
 
 
 def _routing(headers: HeaderBlock) -> RoutingHeaders:
-    values = {attr: " ".join(headers.get(h).split()) for attr, h in _ROUTING_MAP.items() if h in headers}
+    values = {attr: storable_text(" ".join(headers.get(h).split())) for attr, h in _ROUTING_MAP.items() if h in headers}
     return RoutingHeaders(**values)
 
 
