@@ -118,20 +118,20 @@ def insert_dicts(
     fields = [f for f in meta.concrete_fields if not (f.primary_key and isinstance(f, AutoFieldMixin))]
     conn = transaction.get_connection()
     now = timezone.now()
-    plan: list[tuple[str, Any, Any]] = []  # (attname, converter, db value when missing)
-    for f in fields:
-        conv = _converter(f, conn)
-        default = now if _is_auto_now(f) else f.get_default()  # what a new model instance would hold
-        plan.append((f.attname, conv, default if conv is None else conv(default)))
-    unknown = set(rows[0]).difference(a for a, _, _ in plan)
+    # What a new model instance would hold where a row gives nothing.
+    defaults = [now if _is_auto_now(f) else f.get_default() for f in fields]
+    unknown = set(rows[0]).difference(f.attname for f in fields)
     if unknown:
         raise ValueError(f"{meta.label}: no such columns: {', '.join(sorted(unknown))}")
     if conn.vendor == "postgresql" and all(_json_safe(f) for f in fields):
         # One JSON document a chunk (as insert_tuples): the rows' plain values, not the adapters'.
-        natives = [(f, now if _is_auto_now(f) else f.get_default()) for f in fields]
-        tuples = [tuple(d.get(f.attname, default) for f, default in natives) for d in rows]
-        _pg_insert_documents(meta, fields, tuples, ignore_conflicts)
+        named = list(zip((f.attname for f in fields), defaults, strict=True))
+        _pg_insert_documents(meta, fields, [tuple(d.get(a, dv) for a, dv in named) for d in rows], ignore_conflicts)
         return
+    plan: list[tuple[str, Any, Any]] = []  # (attname, converter, db value when missing)
+    for f, default in zip(fields, defaults, strict=True):
+        conv = _converter(f, conn)
+        plan.append((f.attname, conv, default if conv is None else conv(default)))
     params: list[list[Any]] = []
     for d in rows:
         row = []

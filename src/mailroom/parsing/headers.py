@@ -58,10 +58,10 @@ _OTHER_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")  # surrogateescape
 
 
 def storable_text(value: str) -> str:
-    """A header value with its 8-bit bytes (surrogate escapes of the raw header) as UTF-8 text where
-    they are UTF-8 (RFC 6532 ids, as Cyrillic ones), as ``\\xNN`` where not, and without control
-    characters: no database takes a lone surrogate, PostgreSQL takes no NUL, and such a Message-ID
-    made its whole import batch fail, again at every retry."""
+    """A raw header value (ids, routing headers) with its 8-bit bytes (surrogate escapes of the raw
+    header) as UTF-8 text where they are UTF-8 (RFC 6532 ids, as Cyrillic ones), as ``\\xNN`` where
+    not, and without control characters: no database takes a lone surrogate, PostgreSQL takes no
+    NUL, and such a Message-ID made its whole import batch fail, again at every retry."""
     if not value.isascii():
         value = _OTHER_SURROGATE.sub("\ufffd", value)  # a surrogate that stands for no raw byte
         value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
