@@ -36,3 +36,13 @@ def other_team_client(db: Any) -> Client:
 
     other = UserFactory(team=TeamFactory())
     return Client(headers={"Authorization": f"Bearer {token_create(user=other)}"})
+
+
+@pytest.fixture
+def admin_api_client(user: Any, team: Any) -> Client:
+    """``api_client``'s user made an admin of ``team`` (mailbox settings are team-admin only)."""
+    from mailroom.accounts.models import Membership
+    from mailroom.accounts.services import token_create
+
+    Membership.objects.filter(user=user, team=team).update(role=Membership.Role.ADMIN)
+    return Client(headers={"Authorization": f"Bearer {token_create(user=user, name='admin')}"})

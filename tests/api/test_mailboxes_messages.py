@@ -29,7 +29,8 @@ def test_anonymous_is_401_with_hint(db: Any) -> None:
     assert "Authorization: Bearer" in resp.json()["detail"]
 
 
-def test_create_test_sync_and_read_messages(api_client: Client, mail_user: Any) -> None:
+def test_create_test_sync_and_read_messages(admin_api_client: Client, mail_user: Any) -> None:
+    api_client = admin_api_client
     user = mail_user()
     user.dovecot.deliver_many(user.email, [make_mail(i) for i in range(5)])
     resp = _post(api_client, "/api/v1/mailboxes", {
@@ -92,7 +93,8 @@ def test_other_team_sees_nothing_and_changes_nothing(api_client: Client, other_t
     assert api_client.get(f"/api/v1/mailboxes/{mb.pk}").status_code == 200
 
 
-def test_bad_requests_say_what_to_fix(api_client: Client) -> None:
+def test_bad_requests_say_what_to_fix(admin_api_client: Client) -> None:
+    api_client = admin_api_client
     resp = _post(api_client, "/api/v1/mailboxes", {"email": "x@example.com", "imap_host": "imap.example.com",
                                                      "imap_security": "plain", "password": "p"})
     assert resp.status_code == 400
@@ -112,7 +114,8 @@ def test_bad_requests_say_what_to_fix(api_client: Client) -> None:
     assert Mailbox.objects.count() == 0
 
 
-def test_provider_preset_fills_servers(api_client: Client) -> None:
+def test_provider_preset_fills_servers(admin_api_client: Client) -> None:
+    api_client = admin_api_client
     resp = _post(api_client, "/api/v1/mailboxes", {"email": "Sales@Yandex.ru", "provider": "yandex", "password": "app-pass"})
     assert resp.status_code == 201
     body = resp.json()

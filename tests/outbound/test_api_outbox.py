@@ -96,3 +96,28 @@ def test_list_get_cancel_retry_access(api_client: Client, other_team_client: Cli
 def test_naive_send_at_rejected(api_client: Client, sink_mailbox: Any) -> None:
     resp = _post(api_client, _body(sink_mailbox, send_at="2099-01-01T00:00:00"))
     assert resp.status_code == 400 and resp.json()["field"] == "send_at"
+
+
+# --- mailbox settings stored before they were validated never reach a header ------------------------
+def test_stored_crlf_message_id_domain_is_not_a_header(api_client: Client, sink_mailbox: Any) -> None:
+    type(sink_mailbox).objects.filter(pk=sink_mailbox.pk).update(
+        message_id_domain="company.test\r\nReply-To: attacker@evil.test")
+    resp = _post(api_client, _body(sink_mailbox, idempotency_key="crlf"))
+    assert resp.status_code == 201, resp.content
+    raw = OutboxMessage.objects.get().raw
+    assert b"attacker" not in raw and b"\r\nReply-To:" not in raw
+
+
+def test_non_ascii_message_id_domain_is_sent_as_idna(api_client: Client, sink_mailbox: Any) -> None:
+    type(sink_mailbox).objects.filter(pk=sink_mailbox.pk).update(message_id_domain="Компания.РФ")
+    resp = _post(api_client, _body(sink_mailbox, idempotency_key="idna"))
+    assert resp.status_code == 201, resp.content
+    assert OutboxMessage.objects.get().message_id.endswith("@xn--80aqeigdi5k.xn--p1ai")
+
+
+def test_stored_crlf_in_the_mailbox_address_is_a_400_not_a_header(api_client: Client, sink_mailbox: Any) -> None:
+    type(sink_mailbox).objects.filter(pk=sink_mailbox.pk).update(display_name="Sales\r\nBcc: x@evil.test")
+    resp = _post(api_client, _body(sink_mailbox, idempotency_key="name"))
+    assert resp.status_code == 400
+    assert resp.json()["detail"] == "cannot send: from: CR, LF and NUL are not allowed"
+    assert not OutboxMessage.objects.exists()

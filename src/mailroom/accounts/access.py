@@ -48,6 +48,20 @@ def default_team_for_user(user: Any) -> Team:
     return team
 
 
+def is_team_admin(user: Any, team_id: int) -> bool:
+    if getattr(user, "is_superuser", False):
+        return True
+    from mailroom.accounts.models import Membership
+
+    return Membership.objects.filter(user=user, team_id=team_id, role=Membership.Role.ADMIN).exists()
+
+
+def require_team_admin(user: Any, team_id: int, what: str = "mailbox settings") -> None:
+    """Servers, credentials, relay and identity of a team's mailboxes are its admins' to change."""
+    if not is_team_admin(user, team_id):
+        raise PermissionDenied(f"{what} can only be changed by a team admin: ask one of your team's admins")
+
+
 def mailboxes_for_user(user: Any) -> QuerySet[Mailbox]:
     return scope_to_user(Mailbox.objects.all(), user)
 

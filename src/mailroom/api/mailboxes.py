@@ -14,6 +14,7 @@ from mailroom.accounts.access import (
     access_team_for_user,
     default_team_for_user,
     mailboxes_for_user,
+    require_team_admin,
 )
 from mailroom.mailboxes.models import Mailbox
 from mailroom.mailboxes.services import mailbox_create, mailbox_delete, mailbox_test, mailbox_update
@@ -43,7 +44,7 @@ class MailboxIn(Schema):
     smtp_password: str | None = None
     access_token: str | None = None
     refresh_token: str | None = None
-    token_url: str | None = None
+    token_url: str | None = Field(None, description="OAuth2 token endpoint (https); default: the provider's")
     client_id: str | None = None
     client_secret: str | None = None
     sync_roles: list[Role] = Field(default_factory=lambda: list[Role](["inbox", "sent"]))
@@ -150,6 +151,7 @@ def create_mailbox(request: HttpRequest, payload: MailboxIn) -> tuple[int, dict[
     data = payload.dict(exclude_none=True)
     team_id = data.pop("team", None)
     team = access_team_for_user(request.user, team_id) if team_id else default_team_for_user(request.user)
+    require_team_admin(request.user, team.pk)
     mb = mailbox_create(team=team, **data)
     _kick(mb.pk)
     return 201, _out(mb)
@@ -163,6 +165,7 @@ def get_mailbox(request: HttpRequest, mailbox_id: int) -> dict[str, Any]:
 @router.patch("/{mailbox_id}", response=MailboxOut)
 def update_mailbox(request: HttpRequest, mailbox_id: int, payload: MailboxPatch) -> dict[str, Any]:
     mb = access_mailbox_for_user(request.user, mailbox_id)
+    require_team_admin(request.user, mb.team_id)
     mb = mailbox_update(mailbox=mb, **payload.dict(exclude_unset=True))
     _kick(mb.pk)
     return _out(mb)
@@ -170,13 +173,17 @@ def update_mailbox(request: HttpRequest, mailbox_id: int, payload: MailboxPatch)
 
 @router.delete("/{mailbox_id}", response={204: None})
 def delete_mailbox(request: HttpRequest, mailbox_id: int) -> tuple[int, None]:
-    mailbox_delete(mailbox=access_mailbox_for_user(request.user, mailbox_id))
+    mb = access_mailbox_for_user(request.user, mailbox_id)
+    require_team_admin(request.user, mb.team_id)
+    mailbox_delete(mailbox=mb)
     return 204, None
 
 
 @router.post("/{mailbox_id}/test", response=TestOut)
 def test_mailbox(request: HttpRequest, mailbox_id: int) -> dict[str, Any]:
-    res = mailbox_test(mailbox=access_mailbox_for_user(request.user, mailbox_id))
+    mb = access_mailbox_for_user(request.user, mailbox_id)
+    require_team_admin(request.user, mb.team_id, "the connection test")
+    res = mailbox_test(mailbox=mb)
     return res.__dict__
 
 

@@ -150,6 +150,12 @@ MAILROOM_TOKEN_KEY = os.environ.get("MAILROOM_TOKEN_KEY", "")
 MAILROOM_MESSAGE_ID_DOMAIN = os.environ.get("MAILROOM_MESSAGE_ID_DOMAIN", "mailroom.local")
 # Relay domain for reply+<token>@domain (optional).
 MAILROOM_RELAY_DOMAIN = os.environ.get("MAILROOM_RELAY_DOMAIN", "")
+# Tests and local development only: user-configured URLs (OAuth2 token endpoints) may be plain http to
+# loopback. Off in production: https to public addresses only.
+MAILROOM_ALLOW_LOOPBACK_HTTP = _env_bool("MAILROOM_ALLOW_LOOPBACK_HTTP", False)
+# The server admin's choice (not a team's): mailboxes may turn TLS certificate checks off for hosts
+# other than loopback.
+MAILROOM_ALLOW_INSECURE_TLS = _env_bool("MAILROOM_ALLOW_INSECURE_TLS", False)
 # Relay answers from a deal owner's personal address need DKIM/DMARC or trusted SPF (not just the
 # envelope sender). Turn off only on a closed network.
 MAILROOM_RELAY_REQUIRE_AUTH = _env_bool("MAILROOM_RELAY_REQUIRE_AUTH", True)

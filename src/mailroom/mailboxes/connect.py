@@ -4,12 +4,13 @@ say what to fix: DNS, port, TLS or credentials."""
 from __future__ import annotations
 
 import errno
+import http.client
 import json
+import re
 import socket
 import ssl
 import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ class ConnectionSettings:
 
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_OAUTH_ERROR = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def describe_socket_error(proto: str, cs: ConnectionSettings, exc: BaseException) -> ImapError:
@@ -93,14 +95,26 @@ def _refresh_access_token(mailbox: Mailbox, secret: dict[str, Any]) -> dict[str,
             "client_secret": secret.get("client_secret", ""),
         }
     ).encode()
-    req = urllib.request.Request(secret["token_url"], data=data, method="POST")  # noqa: S310
+    from mailroom.core import netguard
+
     try:
-        with urllib.request.urlopen(req, timeout=20) as resp:  # noqa: S310 - URL from the admin's settings
-            payload = json.loads(resp.read())
-    except Exception as exc:
-        raise ImapError("oauth", f"OAuth2 token refresh at {secret['token_url']} failed: {exc}") from exc
-    if "access_token" not in payload:
-        raise ImapError("oauth", f"OAuth2 token refresh returned no access_token: {payload.get('error', payload)}")
+        resp = netguard.post_form(secret["token_url"], data)
+    except netguard.BlockedURL as exc:
+        raise ImapError("oauth", f"OAuth2 token endpoint refused: {exc}.") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise ImapError("oauth", f"OAuth2 token refresh failed: cannot reach the token endpoint ({type(exc).__name__}).") from exc
+    # What the server said is never shown (it could be anything the URL points at): its status and its
+    # OAuth ``error`` code only.
+    try:
+        payload = json.loads(resp.body)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise ImapError("oauth", f"OAuth2 token refresh failed: the token endpoint answered HTTP {resp.status} without a JSON token.")
+    code = payload.get("error")
+    if resp.status != 200 or not isinstance(payload.get("access_token"), str):
+        detail = f" ({code})" if isinstance(code, str) and _OAUTH_ERROR.fullmatch(code) else ""
+        raise ImapError("oauth", f"OAuth2 token refresh failed: HTTP {resp.status}{detail}; reconnect the mailbox.")
     with transaction.atomic():
         locked = Mailbox.objects.select_for_update().get(pk=mailbox.pk)
         current = locked.get_secret()

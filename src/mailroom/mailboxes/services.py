@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
 from mailroom.accounts.models import Team
 from mailroom.core.errors import Conflict, InvalidInput
+from mailroom.mailboxes import validation
 from mailroom.mailboxes.connect import (
+    LOOPBACK,
     ConnectionSettings,
     ImapError,
     describe_socket_error,
@@ -36,7 +40,35 @@ def _apply_preset(data: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **{k: v for k, v in data.items() if v not in (None, "")}}
 
 
+# Where a stored secret goes: change any of these and the secret must be given again (it never follows
+# a changed server, port, security mode, certificate check or login name).
+CONNECTION_FIELDS = ("imap_host", "imap_port", "imap_security", "imap_username", "smtp_host", "smtp_port",
+                     "smtp_security", "smtp_username", "tls_verify", "auth_method")
+CREDENTIAL_FIELDS = ("password", "smtp_password", "access_token", "refresh_token")
+
+
+def _normalise(mb: Mailbox) -> None:
+    """Every field that reaches an IMAP/SMTP dialogue or a header, checked and in its wire form."""
+    mb.email = validation.address(mb.email, "email")
+    for f in ("imap_host", "smtp_host", "message_id_domain"):
+        value = getattr(mb, f)
+        if value:
+            setattr(mb, f, validation.hostname(value, f))
+    for f in ("name", "display_name", "imap_username", "smtp_username"):
+        validation.no_control(getattr(mb, f) or "", f)
+    if not mb.tls_verify and not settings.MAILROOM_ALLOW_INSECURE_TLS:
+        for what in ("imap", "smtp"):
+            host = getattr(mb, f"{what}_host") or mb.imap_host
+            if host not in LOOPBACK:
+                raise InvalidInput(
+                    f"tls_verify: certificate checks can only be turned off for loopback hosts, not {host} "
+                    "(the server's administrator can allow it with MAILROOM_ALLOW_INSECURE_TLS)",
+                    field="tls_verify",
+                )
+
+
 def _validate(mb: Mailbox) -> None:
+    _normalise(mb)
     if not mb.imap_host:
         raise InvalidInput("imap_host is required (or choose a provider preset: gmail, microsoft, yandex, mailru)", field="imap_host")
     if mb.provider not in Mailbox.Provider.values:
@@ -58,16 +90,30 @@ def _validate(mb: Mailbox) -> None:
         raise InvalidInput(f"unknown folder roles {sorted(bad_roles)}", field="sync_roles")
 
 
+def _check_token_url(url: str) -> None:
+    """The token endpoint's form (its addresses are checked at each request: DNS can change)."""
+    parts = urllib.parse.urlsplit(url) if url.isascii() and not any(ord(c) <= 32 for c in url) else None
+    loopback_http = (
+        settings.MAILROOM_ALLOW_LOOPBACK_HTTP and parts is not None and parts.scheme == "http"
+        and (parts.hostname or "") in LOOPBACK
+    )
+    if parts is None or not parts.hostname or (parts.scheme != "https" and not loopback_http):
+        raise InvalidInput("token_url must be an https:// URL of the provider's OAuth2 token endpoint", field="token_url")
+
+
 @transaction.atomic
 def mailbox_create(*, team: Team, email: str, name: str = "", **data: Any) -> Mailbox:
-    email = email.strip().lower()
-    if "@" not in email:
-        raise InvalidInput("email must be a mail address like manager@company.com", field="email")
+    email = validation.address(email, "email")
     if Mailbox.objects.filter(team=team, email=email).exists():
         raise Conflict(f"mailbox {email} is already connected", field="email")
     secret = {k: data.pop(k) for k in SECRET_FIELDS if data.get(k) not in (None, "")}
     for k in SECRET_FIELDS:
         data.pop(k, None)
+    preset = PRESETS.get(data.get("provider") or "generic")
+    if data.get("auth_method") == Mailbox.Auth.OAUTH2 and not secret.get("token_url") and preset and preset.token_url:
+        secret["token_url"] = preset.token_url
+    if secret.get("token_url"):
+        _check_token_url(secret["token_url"])
     data = _apply_preset(data)
     data.setdefault("imap_username", email)
     data.setdefault("smtp_username", data.get("imap_username") or email)
@@ -90,6 +136,7 @@ def mailbox_create(*, team: Team, email: str, name: str = "", **data: Any) -> Ma
 @transaction.atomic
 def mailbox_update(*, mailbox: Mailbox, **data: Any) -> Mailbox:
     secret_changes = {k: data.pop(k) for k in SECRET_FIELDS if k in data}
+    before = {f: getattr(mailbox, f) for f in CONNECTION_FIELDS}
     for k, v in data.items():
         if v is None:
             continue
@@ -97,11 +144,26 @@ def mailbox_update(*, mailbox: Mailbox, **data: Any) -> Mailbox:
             raise InvalidInput(f"field {k!r} cannot be changed", field=k)
         setattr(mailbox, k, v)
     _validate(mailbox)
-    if any(v not in (None, "") for v in secret_changes.values()):
+    moved = [f for f in CONNECTION_FIELDS if getattr(mailbox, f) != before[f]]
+    given = {k: v for k, v in secret_changes.items() if v not in (None, "")}
+    if given.get("token_url"):
+        _check_token_url(given["token_url"])
+    if moved:
+        # The stored secret is never sent to a changed server: the request carries it again, and it
+        # replaces the whole stored secret (no old SMTP password or token follows either).
+        if not any(given.get(k) for k in CREDENTIAL_FIELDS):
+            needed = "refresh_token or access_token" if mailbox.auth_method == Mailbox.Auth.OAUTH2 else "password"
+            raise InvalidInput(
+                f"changing {', '.join(moved)} needs the {needed} again: a stored secret is never sent to "
+                "a changed server",
+                field=needed.split(" ")[0],
+            )
+        mailbox.set_secret(given)
+    elif given:
         secret = mailbox.get_secret()
-        secret.update({k: v for k, v in secret_changes.items() if v not in (None, "")})
+        secret.update(given)
         mailbox.set_secret(secret)
-    if secret_changes or "imap_host" in data or "imap_username" in data:
+    if secret_changes or moved:
         mailbox.health = Mailbox.Health.NEW
         mailbox.next_attempt_at = None
         mailbox.consecutive_failures = 0

@@ -80,6 +80,17 @@ def check_header_text(value: str, field: str) -> str:
     return value
 
 
+_BAD_LINE = re.compile(r"\r(?!\n)|(?<!\r)\n|\r\n(?![ \t])|\0")
+
+
+def check_header_line(line: str, field: str) -> str:
+    """One header as written (``Name: value``, folded): ASCII, no NUL, and every CR LF a fold (followed
+    by white space), so nothing in it can start another header, whatever its source."""
+    if not line.isascii() or _BAD_LINE.search(line):
+        raise HeaderInjection(field)
+    return line
+
+
 # --- header encoding -------------------------------------------------------------------------------
 def encode_text(value: str, name: str) -> str:
     """An unstructured header value (Subject, Thread-Topic): as is when plain ASCII, RFC 2047 otherwise."""
@@ -204,8 +215,9 @@ def _param(name: str, value: str) -> str:
 
 
 def _attachment_part(att: Attachment) -> bytes:
-    ctype = att.content_type.lower()
-    fname = att.filename
+    ctype = check_header_text(att.content_type, "attachment content_type").lower()
+    fname = check_header_text(att.filename, "attachment filename")
+    check_header_text(att.content_id, "attachment content_id")
     lines: list[str] = []
     if ctype == "message/rfc822":
         # RFC 2046 5.2.1: no base64 for message/rfc822; the bytes must be CRLF and ≤ 998 per line.
@@ -221,7 +233,9 @@ def _attachment_part(att: Attachment) -> bytes:
     ctparams = ""
     if fname:
         ctparams = "; " + (
-            _param("name", fname) if fname.isascii() else f'name="{Header(fname, "utf-8").encode()}"'
+            # RFC 2047 in a quoted name for old clients, folded with CRLF (the default LF fold was a bare
+            # LF in the message: strict servers refuse it and DKIM breaks).
+            _param("name", fname) if fname.isascii() else f'name="{Header(fname, "utf-8").encode(linesep=chr(13) + chr(10))}"'
         )
     lines.append(f"Content-Type: {ctype}{ctparams}")
     disp = "inline" if att.inline else "attachment"
@@ -229,6 +243,8 @@ def _attachment_part(att: Attachment) -> bytes:
     if att.content_id:
         lines.append(f"Content-ID: <{att.content_id}>")
     lines.append("Content-Transfer-Encoding: base64")
+    for line in lines:
+        check_header_line(line, "attachment")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + _b64(att.data)
 
 
@@ -266,7 +282,10 @@ def _body(draft: Draft) -> bytes:
 
 # --- the message -----------------------------------------------------------------------------------
 def build_message(draft: Draft) -> bytes:
-    """The final bytes of ``draft`` (without Bcc: Bcc recipients are envelope-only)."""
+    """The final bytes of ``draft`` (without Bcc: Bcc recipients are envelope-only). Every value that
+    goes into a header is refused with :class:`HeaderInjection` when it holds CR, LF or NUL, whatever
+    its source (API, template, mailbox settings, stored headers)."""
+    _check_draft(draft)
     date = draft.date if draft.date.tzinfo else draft.date.replace(tzinfo=UTC)
     h: list[str] = [
         f"Date: {format_datetime(date)}",
@@ -296,11 +315,35 @@ def build_message(draft: Draft) -> bytes:
     for name, value in draft.extra_headers:
         h.append(f"{name}: {encode_text(value, name)}")
     h.append("MIME-Version: 1.0")
+    for line in h:
+        check_header_line(line, line.partition(":")[0])
     head = "\r\n".join(h) + "\r\n"
-    for ch in ("\0",):
-        if ch in head:
-            raise HeaderInjection("headers")
     return head.encode("ascii") + _body(draft)
+
+
+_HEADER_NAME = re.compile(r"[!-9;-~]+")
+
+
+def _check_draft(draft: Draft) -> None:
+    values: list[tuple[str, str]] = [
+        ("subject", draft.subject), ("message_id", draft.message_id), ("in_reply_to", draft.in_reply_to),
+        ("thread_index", draft.thread_index), ("thread_topic", draft.thread_topic),
+        ("auto_submitted", draft.auto_submitted),
+    ]
+    values += [("references", r) for r in draft.references]
+    for what, addrs in (("from", (draft.from_,)), ("to", draft.to), ("cc", draft.cc), ("reply_to", draft.reply_to)):
+        for a in addrs:
+            values += [(what, a.address), (what, a.name)]
+            if not a.address.isascii() or any(ch in a.address for ch in ' <>,;"()'):
+                raise HeaderInjection(what)
+    for name, value in draft.extra_headers:
+        if not _HEADER_NAME.fullmatch(name):
+            raise HeaderInjection(name or "header name")
+        values.append((name, value))
+    for what, value in values:
+        check_header_text(value, what)
+    if not draft.message_id.isascii():
+        raise HeaderInjection("message_id")
 
 
 def sent_copy_bytes(raw: bytes, bcc: Sequence[str]) -> bytes:

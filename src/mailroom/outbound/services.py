@@ -318,7 +318,17 @@ def render_template(source: str, context: dict[str, Any], *, html: bool, field_n
 
 # --- compose ---------------------------------------------------------------------------------------
 def message_id_domain(mailbox: Mailbox) -> str:
-    return (mailbox.message_id_domain or mailbox.email.rpartition("@")[2] or settings.MAILROOM_MESSAGE_ID_DOMAIN).lower()
+    """The domain of our Message-IDs, in its ASCII form (a value stored before fields were validated
+    that is no host name falls back to the configured domain)."""
+    from mailroom.mailboxes import validation
+
+    for candidate in (mailbox.message_id_domain, mailbox.email.rpartition("@")[2]):
+        if candidate:
+            try:
+                return validation.hostname(candidate, "message_id_domain")
+            except InvalidInput:
+                continue
+    return str(settings.MAILROOM_MESSAGE_ID_DOMAIN).lower()
 
 
 def _relay_settings(mailbox: Mailbox) -> MailboxRelaySettings | None:
@@ -522,7 +532,10 @@ def outbox_create(
             auto_submitted=data.auto_submitted, extra_headers=tuple(extra_headers),
             attachments=tuple(attachments),
         )
-        raw = compose.build_message(draft)
+        try:
+            raw = compose.build_message(draft)
+        except HeaderInjection as exc:  # a value from stored settings or headers: refused, never sent
+            raise InvalidInput(f"cannot send: {exc}", field=exc.field) from exc
         due = data.send_at if data.send_at and data.send_at > now else now
         row = OutboxMessage(
             team_id=mailbox.team_id, mailbox=mailbox,
