@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 from django.contrib.auth import get_user_model
 from django.http import HttpRequest
@@ -13,6 +13,8 @@ from ninja import Router, Schema
 from pydantic import Field
 
 from mailroom.accounts.access import access_team_for_user, default_team_for_user, scope_to_user
+from mailroom.api.params import id_query, limit_query
+from mailroom.conversations.selectors import MAX_LIMIT as TIMELINE_MAX_LIMIT
 from mailroom.conversations.selectors import Page, company_timeline, contact_timeline, deal_timeline
 from mailroom.core.errors import InvalidInput
 from mailroom.crm import selectors, services
@@ -25,12 +27,21 @@ from mailroom.crm.access import (
     contacts_for_user,
     deals_for_user,
 )
-from mailroom.crm.models import Company, Contact, Deal, IgnoreEntry
+from mailroom.crm.models import AMOUNT_DECIMAL_PLACES, AMOUNT_MAX_DIGITS, Company, Contact, Deal, IgnoreEntry
+from mailroom.crm.selectors import MAX_LIMIT as CRM_MAX_LIMIT
 
 contacts_router = Router(tags=["contacts"])
 companies_router = Router(tags=["companies"])
 deals_router = Router(tags=["deals"])
 ignore_router = Router(tags=["ignore list"])
+
+
+# A deal amount as the column holds it: finite, max_digits/decimal_places of Deal.amount (1e400, NaN,
+# Infinity or a 40-digit number are a 422 naming "amount", never a row no read can decode).
+Amount = Annotated[
+    Decimal,
+    Field(max_digits=AMOUNT_MAX_DIGITS, decimal_places=AMOUNT_DECIMAL_PLACES, allow_inf_nan=False),
+]
 
 
 # --- schemas -------------------------------------------------------------------------------------------
@@ -100,7 +111,7 @@ class DealIn(Schema):
     title: str = Field(..., max_length=300)
     contact_id: int | None = None
     company_id: int | None = None
-    amount: Decimal | None = None
+    amount: Amount | None = None
     stage: str = Field("", max_length=100)
     status: str = "open"
     owner_id: int | None = None
@@ -110,7 +121,7 @@ class DealPatch(Schema):
     title: str | None = Field(None, max_length=300)
     contact_id: int | None = None
     company_id: int | None = None
-    amount: Decimal | None = None
+    amount: Amount | None = None
     stage: str | None = Field(None, max_length=100)
     status: str | None = None
     owner_id: int | None = None
@@ -243,9 +254,9 @@ def list_contacts(
     q: str = "",
     address: str = "",
     domain: str = "",
-    company_id: int | None = None,
-    cursor: int | None = None,
-    limit: int = 50,
+    company_id: int | None = id_query(),
+    cursor: int | None = id_query("next_cursor of the previous page"),
+    limit: int = limit_query(50, CRM_MAX_LIMIT),
 ) -> dict[str, Any]:
     page = selectors.contact_list(
         contacts=contacts_for_user(request.user),
@@ -298,7 +309,7 @@ def delete_contact(request: HttpRequest, contact_id: int) -> tuple[int, None]:
 
 @contacts_router.get("/{contact_id}/timeline", response=TimelineOut)
 def contact_timeline_view(
-    request: HttpRequest, contact_id: int, cursor: str | None = None, limit: int = 50
+    request: HttpRequest, contact_id: int, cursor: str | None = None, limit: int = limit_query(50, TIMELINE_MAX_LIMIT)
 ) -> dict[str, Any]:
     contact = access_contact_for_user(request.user, contact_id)
     return timeline_out(contact_timeline(contact_id=contact.pk, cursor=cursor, limit=limit))
@@ -307,7 +318,7 @@ def contact_timeline_view(
 # --- companies -----------------------------------------------------------------------------------------
 @companies_router.get("", response=CompanyPage)
 def list_companies(
-    request: HttpRequest, q: str = "", domain: str = "", cursor: int | None = None, limit: int = 50
+    request: HttpRequest, q: str = "", domain: str = "", cursor: int | None = id_query("next_cursor of the previous page"), limit: int = limit_query(50, CRM_MAX_LIMIT)
 ) -> dict[str, Any]:
     page = selectors.company_list(
         companies=companies_for_user(request.user), q=q, domain=domain, cursor=cursor, limit=limit
@@ -342,7 +353,7 @@ def delete_company(request: HttpRequest, company_id: int) -> tuple[int, None]:
 
 @companies_router.get("/{company_id}/timeline", response=TimelineOut)
 def company_timeline_view(
-    request: HttpRequest, company_id: int, cursor: str | None = None, limit: int = 50
+    request: HttpRequest, company_id: int, cursor: str | None = None, limit: int = limit_query(50, TIMELINE_MAX_LIMIT)
 ) -> dict[str, Any]:
     company = access_company_for_user(request.user, company_id)
     return timeline_out(company_timeline(company_id=company.pk, cursor=cursor, limit=limit))
@@ -354,10 +365,10 @@ def list_deals(
     request: HttpRequest,
     q: str = "",
     status: str = "",
-    contact_id: int | None = None,
-    company_id: int | None = None,
-    cursor: int | None = None,
-    limit: int = 50,
+    contact_id: int | None = id_query(),
+    company_id: int | None = id_query(),
+    cursor: int | None = id_query("next_cursor of the previous page"),
+    limit: int = limit_query(50, CRM_MAX_LIMIT),
 ) -> dict[str, Any]:
     page = selectors.deal_list(
         deals=deals_for_user(request.user),
@@ -416,7 +427,7 @@ def delete_deal(request: HttpRequest, deal_id: int) -> tuple[int, None]:
 
 @deals_router.get("/{deal_id}/timeline", response=TimelineOut)
 def deal_timeline_view(
-    request: HttpRequest, deal_id: int, cursor: str | None = None, limit: int = 50
+    request: HttpRequest, deal_id: int, cursor: str | None = None, limit: int = limit_query(50, TIMELINE_MAX_LIMIT)
 ) -> dict[str, Any]:
     deal = access_deal_for_user(request.user, deal_id)
     return timeline_out(deal_timeline(deal_id=deal.pk, cursor=cursor, limit=limit))

@@ -13,6 +13,7 @@ from ninja import Query, Router, Schema
 from pydantic import Field
 
 from mailroom.accounts.access import access_mailbox_for_user
+from mailroom.api.params import MAX_DB_ID, MAX_LIMIT
 from mailroom.conversations.access import access_message_for_user, messages_for_user
 from mailroom.conversations.models import Attachment, Message, Source, message_body
 from mailroom.core.errors import InvalidInput, NotFound
@@ -88,14 +89,14 @@ class MessagePage(Schema):
 
 
 class MessageFilters(Schema):
-    mailbox: int | None = None
-    folder: int | None = Field(None, description="folder id (see the mailbox's folders)")
+    mailbox: int | None = Field(None, ge=1, le=MAX_DB_ID)
+    folder: int | None = Field(None, ge=1, le=MAX_DB_ID, description="folder id (see the mailbox's folders)")
     since: datetime | None = None
     until: datetime | None = None
-    thread: int | None = None
+    thread: int | None = Field(None, ge=1, le=MAX_DB_ID)
     state: str | None = None
     cursor: str | None = None
-    limit: int = Field(50, ge=1, le=500)
+    limit: int = Field(50, ge=1, le=MAX_LIMIT)
 
 
 def _encode_cursor(msg: Message) -> str:
@@ -105,7 +106,10 @@ def _encode_cursor(msg: Message) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         date_s, pk = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(date_s), int(pk)
+        date, pk = datetime.fromisoformat(date_s), int(pk)
+        if not 1 <= pk <= MAX_DB_ID:
+            raise ValueError(pk)
+        return date, pk
     except Exception as exc:
         raise InvalidInput("cursor is not valid: pass next_cursor from the previous page unchanged", field="cursor") from exc
 

@@ -9,6 +9,7 @@ from django.http import HttpRequest
 from ninja import Field, Router, Schema
 
 from mailroom.accounts.access import access_mailbox_for_user
+from mailroom.api.params import id_query, limit_query, offset_query
 from mailroom.core.errors import InvalidInput
 from mailroom.outbound.access import access_outbox_for_user, outbox_for_user
 from mailroom.outbound.models import OutboxMessage
@@ -116,14 +117,13 @@ def outbox_compose(request: HttpRequest, payload: OutboxIn) -> tuple[int, dict[s
 
 
 @router.get("", response=list[OutboxOut])
-def outbox_list(request: HttpRequest, state: str | None = None, mailbox: int | None = None,
-                limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+def outbox_list(request: HttpRequest, state: str | None = None, mailbox: int | None = id_query(),
+                limit: int = limit_query(), offset: int = offset_query()) -> list[dict[str, Any]]:
     qs = outbox_for_user(request.user).order_by("-id")
     if state:
         qs = qs.filter(state=state)
     if mailbox is not None:
         qs = qs.filter(mailbox_id=mailbox)
-    limit = max(1, min(limit, 500))
     return [_out(r) for r in qs[offset : offset + limit]]
 
 

@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema
 
 from mailroom.api.messages import file_response
+from mailroom.api.params import id_query, limit_query, offset_query
 from mailroom.outbound.access import access_relay_hold_for_user, relay_holds_for_user
 from mailroom.outbound.models import RelayHold
 from mailroom.outbound.relay import relay_hold_reject, relay_hold_release
@@ -55,12 +56,11 @@ def _out(hold: RelayHold) -> dict[str, Any]:
 
 @router.get("/holds", response=list[HoldOut], summary="Held relay mail, newest first")
 def holds_list(request: HttpRequest, decision: Literal["pending", "released", "rejected"] = "pending",
-               mailbox: int | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+               mailbox: int | None = id_query(), limit: int = limit_query(), offset: int = offset_query()) -> list[dict[str, Any]]:
     qs = relay_holds_for_user(request.user).filter(decision="" if decision == "pending" else decision)
     if mailbox is not None:
         qs = qs.filter(token__mailbox_id=mailbox)
-    limit = max(1, min(limit, 500))
-    return [_out(h) for h in qs.select_related("token").order_by("-id")[max(0, offset) : max(0, offset) + limit]]
+    return [_out(h) for h in qs.select_related("token").order_by("-id")[offset : offset + limit]]
 
 
 @router.get("/holds/{hold_id}", response={200: HoldOut, 404: Error})

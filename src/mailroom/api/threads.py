@@ -9,6 +9,7 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Router, Schema
 
+from mailroom.api.params import id_query, limit_query
 from mailroom.conversations import threads as services
 from mailroom.conversations.access import (
     access_message_for_user,
@@ -16,7 +17,7 @@ from mailroom.conversations.access import (
     threads_for_user,
 )
 from mailroom.conversations.models import Thread
-from mailroom.conversations.selectors import thread_list, thread_messages
+from mailroom.conversations.selectors import MAX_LIMIT, thread_list, thread_messages
 from mailroom.core.errors import InvalidInput
 from mailroom.crm.access import access_deal_for_user
 
@@ -112,9 +113,9 @@ def thread_detail(t: Thread) -> dict[str, Any]:
 def list_threads(
     request: HttpRequest,
     cursor: str | None = None,
-    limit: int = 50,
+    limit: int = limit_query(50, MAX_LIMIT),
     verification: str | None = None,
-    deal_id: int | None = None,
+    deal_id: int | None = id_query(),
 ) -> dict[str, Any]:
     page = thread_list(
         threads=threads_for_user(request.user),

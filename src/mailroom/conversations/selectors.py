@@ -27,7 +27,10 @@ def decode_cursor(cursor: str | None) -> tuple[datetime | None, int] | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         date_s, _, pk_s = raw.partition("|")
-        return (datetime.fromisoformat(date_s) if date_s else None), int(pk_s)
+        pk = int(pk_s)
+        if not 1 <= pk <= 2**63 - 1:  # beyond 64 bits SQLite cannot even compare it
+            raise ValueError(pk_s)
+        return (datetime.fromisoformat(date_s) if date_s else None), pk
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(
             "invalid cursor: pass the next_cursor of the previous page", field="cursor"

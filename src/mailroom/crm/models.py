@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import DecimalValidator
 from django.db import models
 
 
@@ -71,6 +75,24 @@ class ContactEmail(models.Model):
         return self.address
 
 
+AMOUNT_MAX_DIGITS = 14
+AMOUNT_DECIMAL_PLACES = 2
+
+
+def validate_amount(value: Decimal | None) -> Decimal | None:
+    """A deal amount the column can hold: finite, at most AMOUNT_MAX_DIGITS digits of which at most
+    AMOUNT_DECIMAL_PLACES after the point. Raises django's ValidationError otherwise (SQLite would store
+    1e400 or 40 digits as text or a float that no read can turn back into a Decimal)."""
+    if value is None:
+        return None
+    if not isinstance(value, Decimal):
+        raise ValidationError("amount must be a decimal number", code="invalid")
+    if not value.is_finite():
+        raise ValidationError("amount must be a finite number", code="invalid")
+    DecimalValidator(AMOUNT_MAX_DIGITS, AMOUNT_DECIMAL_PLACES)(value)
+    return value
+
+
 class Deal(models.Model):
     class Status(models.TextChoices):
         OPEN = "open", "Open"
@@ -85,7 +107,12 @@ class Deal(models.Model):
     company = models.ForeignKey(
         Company, null=True, blank=True, on_delete=models.SET_NULL, related_name="deals"
     )
-    amount = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
+    amount = models.DecimalField(
+        max_digits=AMOUNT_MAX_DIGITS,
+        decimal_places=AMOUNT_DECIMAL_PLACES,
+        null=True,
+        blank=True,
+    )  # full_clean (the admin) checks digits and places; the services call validate_amount
     stage = models.CharField(max_length=100, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     owner = models.ForeignKey(

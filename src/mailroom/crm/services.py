@@ -7,11 +7,20 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 
 from mailroom.conversations.models import MessageContact
 from mailroom.core.errors import Conflict, InvalidInput
-from mailroom.crm.models import Company, CompanyDomain, Contact, ContactEmail, Deal, IgnoreEntry
+from mailroom.crm.models import (
+    Company,
+    CompanyDomain,
+    Contact,
+    ContactEmail,
+    Deal,
+    IgnoreEntry,
+    validate_amount,
+)
 from mailroom.parsing.headers import normalize_address
 from mailroom.routing.addresses import canonical_address
 
@@ -182,6 +191,13 @@ def company_delete(*, company: Company) -> None:
     company.delete()
 
 
+def _amount(amount: Decimal | None) -> Decimal | None:
+    try:
+        return validate_amount(amount)
+    except DjangoValidationError as exc:
+        raise InvalidInput("amount: " + " ".join(exc.messages), field="amount") from exc
+
+
 def _status(status: str) -> str:
     if status not in Deal.Status.values:
         raise InvalidInput(f"status must be one of {', '.join(Deal.Status.values)}", field="status")
@@ -208,7 +224,7 @@ def deal_create(
         title=title.strip()[:300],
         contact=contact,
         company=company,
-        amount=amount,
+        amount=_amount(amount),
         stage=stage[:100],
         status=_status(status),
         owner=owner,
@@ -239,7 +255,7 @@ def deal_update(
             setattr(deal, name, value)
             fields.append(name)
     if amount is not _UNSET:
-        deal.amount = amount
+        deal.amount = _amount(amount)
         fields.append("amount")
     if owner is not _UNSET:
         deal.owner = owner
