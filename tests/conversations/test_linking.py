@@ -742,3 +742,33 @@ def test_bridge_merges_of_one_batch_move_everything_hung_on_the_absorbed_threads
     assert RelayToken.objects.get(pk=token.pk).thread_id == ta
     assert Thread.objects.get(pk=claiming.pk).claimed_thread_id == ta
     assert Thread.objects.get(pk=ta).message_count == 3 and Thread.objects.get(pk=tb).message_count == 3
+
+
+@pytest.mark.parametrize("how", ["two_from_headers", "two_addresses_no_sender"])
+def test_ambiguous_from_is_held_and_never_makes_a_participant(team: Any, mailbox: Mailbox, how: str) -> None:
+    m1 = ingest(team, mailbox, raw_email(mid="a1@client.test", frm="anna@client.test", subject="Invoice", date=T0))[0]
+    if how == "two_from_headers":
+        raw = raw_email(mid="a2@evil.test", frm="anna@client.test", subject="Re: Invoice",
+                        date=T0 + timedelta(hours=1), irt="a1@client.test", extra={"From": "mallory@evil.test"})
+    else:
+        raw = raw_email(mid="a2@evil.test", frm="anna@client.test, mallory@evil.test", subject="Re: Invoice",
+                        date=T0 + timedelta(hours=1), irt="a1@client.test")
+    forged = ingest(team, mailbox, raw)[0]
+    t1, t2 = _thread_ids(m1)[0], _thread_ids(forged)[0]
+    assert t1 != t2
+    assert Thread.objects.get(pk=t2).verification == "unverified"
+    assert _rules(forged) == ["ambiguous_from"]
+    # The second address's own mail, replying in the real thread, does not join it either.
+    later = ingest(team, mailbox, raw_email(mid="a3@evil.test", frm="mallory@evil.test", subject="Re: Invoice",
+                                            date=T0 + timedelta(hours=2), irt="a1@client.test"))[0]
+    assert _thread_ids(later)[0] != t1
+    assert _rules(later)[0] == "unverified_sender"
+    assert Thread.objects.get(pk=t1).message_count == 1
+
+
+def test_several_from_addresses_with_a_sender_are_not_ambiguous(team: Any, mailbox: Mailbox) -> None:
+    m1 = ingest(team, mailbox, raw_email(mid="b1@client.test", frm="anna@client.test", subject="Plan", date=T0))[0]
+    reply = ingest(team, mailbox, raw_email(
+        mid="b2@client.test", frm="anna@client.test, boris@client.test", subject="Re: Plan",
+        date=T0 + timedelta(hours=1), irt="b1@client.test", extra={"Sender": "anna@client.test"}))[0]
+    assert _thread_ids(m1) == _thread_ids(reply)

@@ -222,6 +222,7 @@ class _TeamBatch:
                 auth=AuthVerdict.from_json(r["auth"]),
                 thread_index=str(rh.get("thread_index") or ""),
                 gm_thrid=str(rh.get("gm_thread_id") or ""),
+                from_ambiguous=str(rh.get("from_ambiguous") or ""),
                 is_auto_reply=bool(r["is_auto_reply"]),
                 is_bulk=bool(r["is_bulk"]),
                 direction=r["direction"],

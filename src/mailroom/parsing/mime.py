@@ -98,6 +98,9 @@ class RoutingHeaders:
     x_autoreply: str = ""
     x_autorespond: str = ""
     x_auto_response_suppress: str = ""
+    # Set when who sent the message cannot be told (RFC 5322 3.6: one From; several mailboxes in it need
+    # a Sender): e.g. "2 From headers". Such mail is never threaded as any of them.
+    from_ambiguous: str = ""
     return_path: str = ""
     feedback_id: str = ""
     x_failed_recipients: str = ""
@@ -781,6 +784,13 @@ _ROUTING_MAP = {
 
 def _routing(headers: HeaderBlock) -> RoutingHeaders:
     values = {attr: storable_text(" ".join(headers.get(h).split())) for attr, h in _ROUTING_MAP.items() if h in headers}
+    froms = headers.get_all("from")
+    if len(froms) > 1:
+        values["from_ambiguous"] = f"{len(froms)} From headers"
+    elif froms and "sender" not in headers:
+        n = len(parse_addresses(froms))
+        if n > 1:
+            values["from_ambiguous"] = f"{n} addresses in From and no Sender"
     return RoutingHeaders(**values)
 
 

@@ -110,6 +110,11 @@ def resolve(msg: RoutingInput, cand: Candidates) -> RoutingDecision:
     if msg.is_bulk:
         flags.append(FLAG_BULK)
     pre: list[RuleHit] = []
+    if msg.from_ambiguous and msg.direction != OUTGOING and cand.override_thread is None:
+        # Being named in a From is no evidence of who sent it, least of all beside another From.
+        flags.append(FLAG_UNVERIFIED)
+        hit = RuleHit("ambiguous_from", f"who sent it cannot be told ({msg.from_ambiguous}): held for review, never threaded")
+        return RoutingDecision(None, (hit,), tuple(flags), None, norm, (), msg.direction)
     own = own_from(msg, cand.own_addresses)
     if own is not None:
         pre.append(own)

@@ -95,6 +95,8 @@ class RoutingInput:
     direction: str = INCOMING  # outgoing only for a Sent-folder copy or our outbox (never from From)
     # The thread of the relay token (``reply+<token>@``) the message was delivered to over LMTP.
     relay_thread_id: int | None = None
+    # Who sent it cannot be told (several From headers, or several From addresses and no Sender).
+    from_ambiguous: str = ""
 
     @property
     def referenced_ids(self) -> tuple[str, ...]:
@@ -334,6 +336,8 @@ def sender_verified(
     domain fails DMARC, nor an unauthenticated incoming message claiming one of our own addresses."""
     if msg.direction == OUTGOING:
         return True, "outgoing mail of the team"
+    if msg.from_ambiguous:
+        return False, f"who sent it cannot be told ({msg.from_ambiguous})"
     sender = canonical_address(msg.from_address) if msg.from_address else ""
     if msg.auth.failed:
         return False, f"{msg.from_address or 'the sender'} fails DMARC (dkim={msg.auth.dkim})"
