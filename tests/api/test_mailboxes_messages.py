@@ -139,3 +139,30 @@ def test_message_of_other_team_is_404(api_client: Client, other_team_client: Cli
     assert other_team_client.get(f"/api/v1/messages/{msg.pk}").status_code == 404
     assert other_team_client.get(f"/api/v1/messages/{msg.pk}/raw").status_code == 404
     assert Message.objects.filter(pk=msg.pk).exists()
+
+
+def test_list_shows_a_message_once_it_is_linked_with_an_exact_count(api_client: Client, user: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from mailroom.ingest.rawstore import IncomingRaw, store_batch
+    from tests.conversations.mail import raw_email
+
+    team = user.memberships.get().team
+    mb = MailboxFactory(team=team)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    items = [IncomingRaw(raw=raw_email(mid=f"c{i}@client.test", frm="a@client.test", subject=f"S{i}",
+                                       date=t0 + timedelta(minutes=i)), key=f"count:{i}") for i in range(3)]
+    res = store_batch(team_id=team.pk, items=items, kind="lmtp", mailbox=mb)
+    stored = list(Message.objects.filter(pk__in=res.message_pks))
+    page = api_client.get("/api/v1/messages").json()
+    assert (page["items"], page["count"]) == ([], 0)
+    tooling = api_client.get("/api/v1/messages?state=stored").json()
+    assert tooling["count"] == 3 and {m["id"] for m in tooling["items"]} == {m.pk for m in stored}
+    assert api_client.get("/api/v1/messages?state=any").json()["count"] == 3
+    pipeline.drain()
+    page = api_client.get("/api/v1/messages?limit=2").json()
+    assert page["count"] == 3 and len(page["items"]) == 2
+    assert all(m["thread"] is not None and m["state"] == "linked" for m in page["items"])
+    rest = api_client.get(f"/api/v1/messages?limit=2&cursor={page['next_cursor']}").json()
+    assert rest["count"] == 3 and len(rest["items"]) == 1
+    assert api_client.get("/api/v1/messages?state=bogus").status_code == 400

@@ -86,6 +86,7 @@ class MessageDetail(MessageSummary):
 class MessagePage(Schema):
     items: list[MessageSummary]
     next_cursor: str | None
+    count: int = Field(description="exact number of messages that match the filters (all pages)")
 
 
 class MessageFilters(Schema):
@@ -94,7 +95,9 @@ class MessageFilters(Schema):
     since: datetime | None = None
     until: datetime | None = None
     thread: int | None = Field(None, ge=1, le=MAX_DB_ID)
-    state: str | None = None
+    state: str | None = Field(
+        None, description="default: linked (threaded, on cards); stored, parsed, quarantined or any for tooling"
+    )
     cursor: str | None = None
     limit: int = Field(50, ge=1, le=MAX_LIMIT)
 
@@ -139,10 +142,13 @@ def list_messages(request: HttpRequest, filters: Query[MessageFilters]) -> dict[
         qs = qs.filter(date__lt=filters.until)
     if filters.thread is not None:
         qs = qs.filter(thread_id=filters.thread)
-    if filters.state:
-        if filters.state not in Message.State.values:
-            raise InvalidInput(f"state must be one of {', '.join(Message.State.values)}", field="state")
-        qs = qs.filter(state=filters.state)
+    # A message is listed once it is threaded; earlier stages only when asked for.
+    state = filters.state or Message.State.LINKED
+    if state != "any":
+        if state not in Message.State.values:
+            raise InvalidInput(f"state must be one of {', '.join(Message.State.values)} or any", field="state")
+        qs = qs.filter(state=state)
+    count = qs.count()
     if filters.cursor:
         date, pk = _decode_cursor(filters.cursor)
         qs = qs.filter(Q(date__lt=date) | Q(date=date, id__lt=pk))
@@ -154,7 +160,8 @@ def list_messages(request: HttpRequest, filters: Query[MessageFilters]) -> dict[
     )
     more = len(rows) > filters.limit
     rows = rows[: filters.limit]
-    return {"items": [_summary(m) for m in rows], "next_cursor": _encode_cursor(rows[-1]) if more and rows else None}
+    return {"items": [_summary(m) for m in rows], "next_cursor": _encode_cursor(rows[-1]) if more and rows else None,
+            "count": count}
 
 
 @router.get("/{message_id}", response=MessageDetail)
