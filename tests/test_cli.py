@@ -110,3 +110,20 @@ def test_keys_generate_prints_a_usable_key(capsys: Any) -> None:
 def test_no_command_prints_help(capsys: Any) -> None:
     assert main([]) == 2
     assert "serve" in capsys.readouterr().out
+
+
+def test_user_list_set_password_and_team_admin(capsys: Any) -> None:
+    from django.contrib.auth import get_user_model
+
+    assert main(["user", "create", "boss", "--password=p-1", "--team", "Sales", "--admin"]) == 0
+    assert main(["user", "create", "agent", "--password=p-2", "--team", "Sales"]) == 0
+    capsys.readouterr()
+    assert main(["user", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["agent", "-", "Sales", "(member)"]
+    assert lines[2].split() == ["boss", "-", "Sales", "(admin)"]
+    assert main(["user", "set-password", "agent", "--password=new-pass-3"]) == 0
+    assert capsys.readouterr().out == "password of agent set\n"
+    assert get_user_model().objects.get(username="agent").check_password("new-pass-3")
+    assert main(["user", "set-password", "nobody", "--password=x"]) == 1
+    assert "no user 'nobody': see 'mailroom user list'" in capsys.readouterr().err

@@ -16,7 +16,8 @@ def team_get_or_create(*, name: str) -> Team:
 
 @transaction.atomic
 def user_create(
-    *, username: str, password: str | None, email: str = "", team_name: str | None = None, superuser: bool = False
+    *, username: str, password: str | None, email: str = "", team_name: str | None = None, superuser: bool = False,
+    team_admin: bool = False,
 ) -> Any:
     User = get_user_model()
     if User.objects.filter(username=username).exists():
@@ -29,7 +30,7 @@ def user_create(
         user = User.objects.create_user(username=username, email=email, password=password)
     team = team_get_or_create(name=team_name or "Default")
     Membership.objects.create(
-        user=user, team=team, role=Membership.Role.ADMIN if superuser else Membership.Role.MEMBER
+        user=user, team=team, role=Membership.Role.ADMIN if superuser or team_admin else Membership.Role.MEMBER
     )
     return user
 
