@@ -30,6 +30,22 @@ SECRET_KEY = load_secret_key(DATA_DIR)
 ALLOWED_HOSTS = [h for h in os.environ.get("MAILROOM_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("MAILROOM_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
+# Served over https (directly or behind a proxy that sets X-Forwarded-Proto): secure cookies, HSTS, a
+# redirect from http, and start-up checks (core/checks.py) that refuse an unsafe deployment.
+MAILROOM_HTTPS = _env_bool("MAILROOM_HTTPS", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+if MAILROOM_HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = int(os.environ.get("MAILROOM_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("MAILROOM_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = _env_bool("MAILROOM_HSTS_PRELOAD", True)
+    SECURE_SSL_REDIRECT = _env_bool("MAILROOM_SSL_REDIRECT", True)
+    if _env_bool("MAILROOM_BEHIND_PROXY", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

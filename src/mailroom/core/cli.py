@@ -142,9 +142,20 @@ def run_server(host: str, port: int, *, sync: bool, threads: int, banner: dict[s
     return 0
 
 
+def deployment_errors() -> list[str]:
+    """The start-up checks (``core/checks.py``) that failed, as lines to print."""
+    from django.core.checks import ERROR, run_checks
+
+    return [f"{m.id}: {m.msg} ({m.hint})" for m in run_checks() if m.level >= ERROR]
+
+
 def _serve(args: argparse.Namespace) -> int:
     setup_django()
     banner = prepare()
+    if errors := deployment_errors():
+        for line in errors:
+            print(f"mailroom: {line}", file=sys.stderr)
+        return 1
     return run_server(args.host, args.port, sync=not args.no_sync, threads=args.threads, banner=banner)
 
 
