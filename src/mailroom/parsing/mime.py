@@ -30,7 +30,7 @@ from mailroom.parsing.headers import (
     storable_text,
     synthesise_message_id,
 )
-from mailroom.parsing.html import html_to_text, sanitize_html
+from mailroom.parsing.html import html_to_text, sanitize_html, unsafe_to_sanitise
 from mailroom.parsing.quotes import split_reply
 from mailroom.parsing.rawheaders import HeaderBlock, parse_header_block, parse_params, unfold
 from mailroom.parsing.records import pickled_by_fields
@@ -883,7 +883,10 @@ def _assemble(
             state.error("time_budget_exceeded")
         text = _join_texts([t for t, _ in fcol.texts])
         html = "\n".join(fcol.htmls)
-    safe = sanitize_html(html, cid_url=cid_url, allow_remote=allow_remote) if html else None
+    bomb = unsafe_to_sanitise(html) if html else ""
+    if bomb:
+        state.error(bomb)  # the raw stays; the text is shown
+    safe = sanitize_html(html, cid_url=cid_url, allow_remote=allow_remote) if html and not bomb else None
     if not text and html:
         text = html_to_text(html)
     # Inline-ness: an image referenced by cid: from the HTML is inline even without a disposition.
