@@ -161,7 +161,7 @@ _PRE_STRIP = re.compile(r"<!\[if[^>]*>|<!\[endif\]>|<\?xml[^>]*>", re.I)
 MAX_DEPTH = 256  # elements open at once; browsers and mail clients render nothing useful deeper
 MAX_HTML = 4_000_000  # characters of HTML sanitised (a larger body is shown as text)
 _TAG_SCAN = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]*)[^>]*?(/?)>")
-_VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
+_VOID = frozenset(["area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr"])
 
 
 def too_deep(html: str, limit: int = MAX_DEPTH) -> bool:
