@@ -772,3 +772,18 @@ def test_several_from_addresses_with_a_sender_are_not_ambiguous(team: Any, mailb
         mid="b2@client.test", frm="anna@client.test, boris@client.test", subject="Re: Plan",
         date=T0 + timedelta(hours=1), irt="b1@client.test", extra={"Sender": "anna@client.test"}))[0]
     assert _thread_ids(m1) == _thread_ids(reply)
+
+
+def test_outgoing_recipients_are_on_their_contacts_cards(team: Any, mailbox: Mailbox) -> None:
+    from tests.conversations.mail import sent
+
+    anna = ContactFactory(team=team)
+    ContactEmailFactory(contact=anna, address="anna@client.test", canonical="anna@client.test")
+    out = ingest(team, mailbox, sent(raw_email(mid="o1@company.test", frm="manager0@company.test",
+                                               to="anna@client.test", cc="boris@newclient.test",
+                                               subject="Offer", date=T0)))[0]
+    assert out.direction == "outgoing"
+    by_role = dict(Participant.objects.filter(message=out).values_list("address", "contact_id"))
+    boris = ContactEmail.objects.get(canonical="boris@newclient.test").contact_id  # created: the counterpart
+    assert by_role == {"manager0@company.test": None, "anna@client.test": anna.pk, "boris@newclient.test": boris}
+    assert set(MessageContact.objects.filter(message=out).values_list("contact_id", flat=True)) == {anna.pk, boris}

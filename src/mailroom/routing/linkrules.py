@@ -13,13 +13,14 @@ from mailroom.routing.addresses import (
     is_automated_address,
     is_freemail,
 )
-from mailroom.routing.rules import INCOMING, RuleHit
+from mailroom.routing.rules import INCOMING, OUTGOING, RuleHit
 
 POLICY_NONE = "none"
 POLICY_SENDERS = "senders"
 POLICY_ALL = "all"
 _POLICY_RANK = {POLICY_NONE: 0, POLICY_SENDERS: 1, POLICY_ALL: 2}
 SENDER_ROLES = frozenset({"from"})
+RECIPIENT_ROLES = frozenset({"to", "cc", "bcc"})
 
 
 def strongest_policy(policies: Iterable[str], default: str = POLICY_SENDERS) -> str:
@@ -96,7 +97,10 @@ def plan_contacts(
         if ctx.policy == POLICY_NONE:
             continue
         sender = p.role in SENDER_ROLES and ctx.direction == INCOMING
-        if ctx.policy == POLICY_SENDERS and not sender:
+        # The other side of a conversation: who wrote to us, or whom we wrote to (the recipients of our
+        # own outgoing mail, from the CRM or the manager's own client), so both directions are on the card.
+        counterpart = sender or (p.role in RECIPIENT_ROLES and ctx.direction == OUTGOING)
+        if ctx.policy == POLICY_SENDERS and not counterpart:
             continue
         if p.role == "bcc" and ctx.direction == INCOMING:
             continue
@@ -104,7 +108,7 @@ def plan_contacts(
         if why_not is not None:
             skipped.append(why_not)
             continue
-        what = "sender" if sender else "participant"
+        what = "sender" if sender else "recipient" if counterpart else "participant"
         create[canon] = NewContact(
             canon,
             p.address.lower(),
