@@ -127,3 +127,18 @@ def test_user_list_set_password_and_team_admin(capsys: Any) -> None:
     assert get_user_model().objects.get(username="agent").check_password("new-pass-3")
     assert main(["user", "set-password", "nobody", "--password=x"]) == 1
     assert "no user 'nobody': see 'mailroom user list'" in capsys.readouterr().err
+
+
+def test_a_fresh_data_dir_says_run_migrate(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["MAILROOM_DATA_DIR"] = str(tmp_path)
+    for args in (["mailbox", "list"], ["user", "list"]):
+        res = subprocess.run([sys.executable, "-m", "mailroom.cli", *args], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert (res.returncode, res.stdout) == (1, "")
+        assert res.stderr == ("mailroom: the database is not set up yet (or is older than this version): run "
+                              "'mailroom migrate' first ('mailroom serve' migrates by itself)\n")

@@ -61,6 +61,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _missing_tables(exc):
+            raise
+        print("mailroom: the database is not set up yet (or is older than this version): run 'mailroom migrate' "
+              "first ('mailroom serve' migrates by itself)", file=sys.stderr)
+        return 1
+
+
+def _missing_tables(exc: BaseException) -> bool:
+    """A query failed because the tables are not there: a fresh data dir, or migrations not applied."""
+    from django.db import OperationalError, ProgrammingError
+
+    text = str(exc)
+    return isinstance(exc, (OperationalError, ProgrammingError)) and (
+        "no such table" in text or "no such column" in text or ("does not exist" in text and "relation" in text)
+    )
 
 
 if __name__ == "__main__":

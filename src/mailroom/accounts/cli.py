@@ -79,7 +79,7 @@ def _user_list(args: argparse.Namespace) -> int:
     setup_django()
     from django.contrib.auth import get_user_model
 
-    users = get_user_model().objects.order_by("username").prefetch_related("memberships__team")
+    users = list(get_user_model().objects.order_by("username").prefetch_related("memberships__team"))
     print(f"{'user':<24} {'email':<32} teams (role)")
     for user in users:
         teams = ", ".join(f"{m.team.name} ({m.role})" for m in user.memberships.all()) or "-"
