@@ -1301,7 +1301,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         )
         return [json.loads(line) for line in cp.stdout.splitlines() if line.strip()]
 
-    def wait_for_queue(self, queue_name: str, timeout: float = 10.0) -> list[dict[str, object]]:
+    def wait_for_queue(self, queue_name: str, timeout: float = 60.0) -> list[dict[str, object]]:
         """Wait until some queued message is in ``queue_name`` ("deferred", "active"...); its records.
 
         The delivery agent logs ``status=deferred`` before the queue manager moves the file to
