@@ -75,3 +75,34 @@ def test_beside_an_import_parsing_comes_first_and_linking_waits_until_it_is_caug
     assert states() == ["parsed"] * 5  # not linked while there was parsing to do
     assert pipeline.background_step(wake, parse_first=True) == 5
     assert states() == ["linked"] * 5
+
+
+def test_a_message_that_keeps_a_parser_stuck_is_quarantined_after_three_tries_and_the_rest_flows(
+    team: Any, settings: Any, monkeypatch: Any
+) -> None:
+    """The hard deadline: the stuck worker is killed each time, the message fails one attempt a
+    round, and the messages stored with it are parsed and linked in the first round."""
+    from mailroom.parsing import workers
+    from tests.parsing.killer import chunk_or_hang
+
+    settings.MAILROOM_PARSE_PROCESSES = 1
+    settings.MAILROOM_PARSE_DEADLINE = 1.0
+    pool = workers.ParsePool(1, remote=chunk_or_hang, deadline=1.0)
+    monkeypatch.setattr(workers, "_pool", pool)
+    try:
+        raws = [make_mail(i, subject=f"ok {i}") for i in range(5)]
+        raws.insert(2, b"HANG: stuck\r\nMessage-ID: <stuck@evil.test>\r\n\r\nx\r\n")
+        res = store_batch(team_id=team.pk, kind="lmtp", items=[IncomingRaw(raw=r, key=f"h{i}") for i, r in enumerate(raws)])
+        stuck_pk = res.message_pks[2]
+        pipeline.parse_pending()
+        pipeline.link_pending()
+        states = dict(Message.objects.filter(pk__in=res.message_pks).values_list("pk", "state"))
+        assert [states[pk] for pk in res.message_pks] == ["linked", "linked", "stored", "linked", "linked", "linked"]
+        assert pipeline.parse_pending() == 1  # the second try
+        assert pipeline.parse_pending() == 1  # the third
+        stuck = Message.objects.get(pk=stuck_pk)
+        assert (stuck.state, stuck.attempts) == ("quarantined", 3)
+        assert stuck.last_error.startswith("ParseTimeout: parsing ran past the 1 s deadline: the parser process was stopped\n")
+        assert pipeline.parse_pending() == 0  # out of the way
+    finally:
+        pool.shutdown()

@@ -14,10 +14,10 @@ import pytest
 
 from mailroom.parsing.headers import summarize_headers
 from mailroom.parsing.mime import ParsedMessage, parse_message
-from mailroom.parsing.workers import CHUNK, ParseFailed, ParseJob, ParsePool, WorkerDied
+from mailroom.parsing.workers import CHUNK, ParseFailed, ParseJob, ParsePool, ParseTimeout, WorkerDied
 
 from .helpers import corpus_files
-from .killer import chunk_or_die
+from .killer import chunk_or_die, chunk_or_hang
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,42 @@ def test_a_dying_worker_fails_only_the_message_that_kills_it() -> None:
         assert [r for i, r in enumerate(results) if i != killer] == [e for i, e in enumerate(expected) if i != killer]
         # The pool works again afterwards.
         assert pool.parse(_jobs(3 * CHUNK)) == [parse_message(j.raw) for j in _jobs(3 * CHUNK)]
+    finally:
+        pool.shutdown()
+
+
+def _workers(pool: ParsePool) -> set[int]:
+    assert pool._executor is not None
+    return {p.pid for p in pool._executor._processes.values()}  # type: ignore[attr-defined]
+
+
+def test_a_stuck_parse_is_killed_at_the_deadline_and_fails_only_its_message() -> None:
+    pool = ParsePool(1, remote=chunk_or_hang, deadline=2)
+    try:
+        jobs = _jobs(4 * CHUNK)
+        stuck = 2 * CHUNK + 3
+        jobs[stuck] = ParseJob(stuck, b"HANG\r\n\r\n", None, ())
+        pool.warm()
+        before = _workers(pool)
+        results = pool.parse(jobs)
+        assert [i for i, r in enumerate(results) if isinstance(r, Exception)] == [stuck]
+        assert isinstance(results[stuck], ParseTimeout)
+        assert str(results[stuck]) == "parsing ran past the 2 s deadline: the parser process was stopped"
+        expected: list[Any] = [parse_message(j.raw) for j in jobs]
+        assert [r for i, r in enumerate(results) if i != stuck] == [e for i, e in enumerate(expected) if i != stuck]
+        assert not any(_alive(pid) for pid in before), "the stuck worker was not killed"
+        # A fresh worker parses what comes next.
+        assert pool.parse(_jobs(2)) == [parse_message(j.raw) for j in _jobs(2)]
+    finally:
+        pool.shutdown()
+
+
+def test_a_single_message_is_parsed_under_the_deadline_too() -> None:
+    """The first message of a quiet mailbox (a batch of one) is not parsed in the calling thread."""
+    pool = ParsePool(1, remote=chunk_or_hang, deadline=1)
+    try:
+        (result,) = pool.parse([ParseJob(1, b"HANG\r\n\r\n", None, ())])
+        assert isinstance(result, ParseTimeout)
     finally:
         pool.shutdown()
 

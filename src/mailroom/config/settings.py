@@ -192,11 +192,16 @@ MAILROOM_TASKS = os.environ.get("MAILROOM_TASKS", "inline")
 # is one per spare core (at most 4); Celery prefork children always parse in-process.
 _parse_processes = os.environ.get("MAILROOM_PARSE_PROCESSES", "auto")
 if _parse_processes == "auto":
-    MAILROOM_PARSE_PROCESSES = max(0, min(4, len(os.sched_getaffinity(0)) - 1))
+    # At least one: a worker process is what lets a stuck parse be killed (MAILROOM_PARSE_DEADLINE).
+    MAILROOM_PARSE_PROCESSES = max(1, min(4, len(os.sched_getaffinity(0)) - 1))
 elif _parse_processes.isdigit():
     MAILROOM_PARSE_PROCESSES = int(_parse_processes)
 else:
     raise ImproperlyConfigured(f"MAILROOM_PARSE_PROCESSES must be auto or a number, not {_parse_processes!r}")
+# Hard deadline (seconds) for parsing a chunk of messages, or one message alone, in a parse worker:
+# past it the worker is killed and the message fails one attempt (quarantined after three). With
+# MAILROOM_PARSE_PROCESSES=0 there is no worker to kill; Celery's task time limit stands in for it.
+MAILROOM_PARSE_DEADLINE = float(os.environ.get("MAILROOM_PARSE_DEADLINE", "30"))
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

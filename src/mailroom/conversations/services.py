@@ -110,7 +110,7 @@ def parse_jobs(items: list[tuple[Message, bytes | str]]) -> list[ParsedMessage |
         else ParseJob(m.pk, b"", m.received_at, trusted, blob=raw, blob_dir=blob_dir, content_hash=m.content_hash)
         for m, raw in items
     ]
-    return parse_pool(settings.MAILROOM_PARSE_PROCESSES).parse(jobs)
+    return parse_pool(settings.MAILROOM_PARSE_PROCESSES, settings.MAILROOM_PARSE_DEADLINE).parse(jobs)
 
 
 def messages_store_parsed(*, items: list[tuple[Message, ParsedMessage]]) -> None:

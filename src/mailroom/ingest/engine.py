@@ -105,6 +105,10 @@ class SyncEngine:
             w.start()
         if not self.celery:
             pipeline.on_wake(self.wake_pipeline)
+            from mailroom.parsing.workers import parse_pool
+
+            # Started now: the first new message does not wait for the workers' start-up.
+            parse_pool(settings.MAILROOM_PARSE_PROCESSES, settings.MAILROOM_PARSE_DEADLINE).warm()
         self._thread.start()
 
     def wake_pipeline(self) -> None:

@@ -11,10 +11,21 @@ the bytes are in the raw store's segment files (read there, not piped over), and
 A worker that dies (a crash in a C extension, the kernel's OOM killer) fails only the messages of
 its chunk, each with one attempt counted, and the pool is started afresh: the pipeline's
 quarantine takes a message that keeps killing workers out of the way.
+
+Every message is parsed under a hard deadline (``deadline``, ``MAILROOM_PARSE_DEADLINE``): the
+parser's own time budget is checked between steps only, so a message that keeps a C extension busy
+(or any step we did not foresee) would hold up all the mail behind it. When a chunk has been
+running longer than the deadline, the workers are killed and the pool started afresh; the chunk's
+messages are then parsed one at a time, each under the deadline, and the one that overruns it
+again fails with :class:`ParseTimeout` (one attempt; the pipeline quarantines it after three).
+With workers, small batches are parsed there too (the deadline must hold for the first message of
+a quiet mailbox as for an import); only ``processes=0`` (or a daemonic process, such as a Celery
+prefork child, whose task time limit stands in for it) parses in the calling thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -23,6 +34,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +45,7 @@ from mailroom.parsing.mime import ParsedMessage, parse_message
 log = logging.getLogger(__name__)
 
 CHUNK = 8  # messages per task: enough to amortise the hand-over, small enough to balance
+DEFAULT_DEADLINE = 30.0  # seconds a chunk (or a message alone) may run in a worker before it is killed
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +66,10 @@ class ParseJob:
 
 class WorkerDied(Exception):
     """The worker process parsing this message died."""
+
+
+class ParseTimeout(WorkerDied):
+    """Parsing this message ran past the hard deadline: its worker process was killed."""
 
 
 class ParseFailed(Exception):
@@ -107,14 +124,21 @@ def _exit_with_parent(parent: int) -> None:
 
 class ParsePool:
     def __init__(
-        self, processes: int, remote: Callable[[Sequence[ParseJob]], list[ParsedMessage | Exception]] | None = None
+        self,
+        processes: int,
+        remote: Callable[[Sequence[ParseJob]], list[ParsedMessage | Exception]] | None = None,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         self.processes = processes
         self.remote = remote or _parse_chunk_remote  # what a worker runs on a chunk (a module-level function)
+        self.deadline = deadline
         self._executor: ProcessPoolExecutor | None = None
+        self._ready: list[Future[None]] = []
         self._lock = threading.Lock()
 
-    def _get(self) -> ProcessPoolExecutor:
+    def _get(self, wait: bool = True) -> ProcessPoolExecutor:
+        """The executor, its workers started (and, with ``wait``, ready: their start-up, imports
+        included, is not counted against a message's deadline)."""
         with self._lock:
             if self._executor is None:
                 # "spawn": never fork a process that runs threads and holds database connections.
@@ -124,7 +148,30 @@ class ParsePool:
                     initializer=_exit_with_parent,
                     initargs=(os.getpid(),),
                 )
-            return self._executor
+                # One task per worker starts them all (they are started as tasks come in).
+                self._ready = [self._executor.submit(_noop) for _ in range(self.processes)]
+            executor, ready = self._executor, self._ready
+        if wait:
+            for f in ready:
+                with contextlib.suppress(Exception):  # a broken start shows on the first real task
+                    f.result()
+        return executor
+
+    def warm(self) -> None:
+        """Start the workers now (their imports take a moment), so that the first message is not
+        kept waiting for them."""
+        if self.processes > 0:
+            self._get(wait=False)
+
+    def _kill(self, executor: ProcessPoolExecutor) -> None:
+        """Kill the workers of ``executor`` (one of them is stuck) and start afresh on next use."""
+        processes = list(getattr(executor, "_processes", {}).values())
+        for proc in processes:
+            with contextlib.suppress(Exception):  # already gone
+                proc.kill()
+        for proc in processes:
+            proc.join(5)
+        self._reset(executor)
 
     def _reset(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:
@@ -147,7 +194,7 @@ class ParsePool:
         the caller parsing 40% of each batch, the worker idled half the time after the import while
         the caller's process was saturated (420-535 msgs/s to fully parsed); with none, both were
         busy (520-610 msgs/s)."""
-        if self.processes <= 0 or len(jobs) < 2 * CHUNK:
+        if self.processes <= 0 or not jobs:
             return parse_chunk(jobs)
         executor = self._get()
         futures: list[tuple[int, Future[list[ParsedMessage | Exception]]]] = []
@@ -162,13 +209,22 @@ class ParsePool:
             return parse_chunk(jobs)
         results: list[ParsedMessage | Exception | None] = [None] * len(jobs)
         lost: list[int] = []  # indexes of jobs whose worker died (a dead worker breaks every pending task)
+        # Chunks are handed out in order, so each one has begun by the time the one before it is
+        # collected: waiting longer than the deadline for it means it ran longer than that.
+        stuck = False
         for start, future in futures:
             try:
-                results[start : start + CHUNK] = future.result()
+                results[start : start + CHUNK] = future.result(timeout=None if stuck else self.deadline)
+            except FutureTimeout:
+                stuck = True
+                log.warning("parse_pool.deadline", extra={"deadline": self.deadline, "first": jobs[start].key})
+                self._kill(executor)
+                lost.extend(range(start, min(start + CHUNK, len(jobs))))
             except BrokenProcessPool:
                 lost.extend(range(start, min(start + CHUNK, len(jobs))))
         if lost:
-            log.warning("parse_pool.worker_died", extra={"messages": len(lost)})
+            if not stuck:
+                log.warning("parse_pool.worker_died", extra={"messages": len(lost)})
             self._reset(executor)
             for i in lost:  # one at a time in a fresh pool: only the message that kills it fails
                 results[i] = self._parse_alone(jobs[i])
@@ -177,17 +233,26 @@ class ParsePool:
     def _parse_alone(self, job: ParseJob) -> ParsedMessage | Exception:
         executor = self._get()
         try:
-            return executor.submit(self.remote, [job]).result()[0]
+            return executor.submit(self.remote, [job]).result(timeout=self.deadline)[0]
+        except FutureTimeout:
+            self._kill(executor)
+            return ParseTimeout(
+                f"parsing ran past the {self.deadline:g} s deadline: the parser process was stopped"
+            )
         except BrokenProcessPool:
             self._reset(executor)
             return WorkerDied("the parser process died while parsing this message")
+
+
+def _noop() -> None:
+    return None
 
 
 _pool: ParsePool | None = None
 _pool_lock = threading.Lock()
 
 
-def parse_pool(processes: int) -> ParsePool:
+def parse_pool(processes: int, deadline: float | None = None) -> ParsePool:
     """The process-wide pool (started on first use; a daemonic process, such as a Celery prefork
     child, cannot have children and parses in-process)."""
     global _pool
@@ -198,4 +263,6 @@ def parse_pool(processes: int) -> ParsePool:
             if _pool is not None:
                 _pool.shutdown()
             _pool = ParsePool(processes)
+        if deadline is not None:
+            _pool.deadline = deadline
         return _pool
