@@ -181,6 +181,7 @@ def test_merge_then_replies_to_either_branch_follow(
             subject="Re: Beta",
             date=T0 + timedelta(days=1),
             irt="b1@client.test",
+            authenticated=True,
         ),
         raw_email(
             mid="r2@client.test",

@@ -11,6 +11,8 @@ from mailroom.conversations.models import Message
 from mailroom.conversations.pipeline import drain
 from mailroom.ingest.rawstore import IncomingRaw, store_batch
 
+TRUSTED_MX = "mx.company.test"  # the authserv-id tests trust (tests/conftest.py)
+
 
 def raw_email(
     *,
@@ -24,8 +26,16 @@ def raw_email(
     cc: str | None = None,
     extra: dict[str, str] | None = None,
     body: str = "Hello there.",
+    authenticated: bool = False,
 ) -> bytes:
+    """``authenticated``: our receiving server (``TRUSTED_MX``, trusted in tests) says the From
+    domain's DKIM signature passed and DMARC passed."""
     lines = [f"Message-ID: <{mid}>"] if mid else []
+    if authenticated:
+        domain = frm.rpartition("@")[2].strip("> ").lower()
+        lines.append(
+            f"Authentication-Results: {TRUSTED_MX}; dkim=pass header.d={domain}; dmarc=pass header.from={domain}"
+        )
     lines += [f"From: {frm}", f"To: {to}"]
     if cc:
         lines.append(f"Cc: {cc}")

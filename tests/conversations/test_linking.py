@@ -435,6 +435,7 @@ def test_deal_single_open_ambiguous_and_sticky(team: Any, mailbox: Mailbox) -> N
             subject="Re: B",
             date=T0 + timedelta(hours=1),
             irt="d2@client.test",
+            authenticated=True,
         ),
     )[0]
     t2.refresh_from_db()
@@ -490,7 +491,8 @@ def test_subject_fallback_needs_shared_participants_and_window(team: Any, mailbo
     m2 = ingest(
         team,
         mailbox,
-        raw_email(mid="", frm="anna@client.test", subject="RE: Contract", date=T0 + timedelta(days=2)),
+        raw_email(mid="", frm="anna@client.test", subject="RE: Contract", date=T0 + timedelta(days=2),
+                  authenticated=True),
     )[0]
     m3 = ingest(
         team,
@@ -500,11 +502,20 @@ def test_subject_fallback_needs_shared_participants_and_window(team: Any, mailbo
     m4 = ingest(
         team,
         mailbox,
-        raw_email(mid="", frm="anna@client.test", subject="Re: Contract", date=T0 + timedelta(days=90)),
+        raw_email(mid="", frm="anna@client.test", subject="Re: Contract", date=T0 + timedelta(days=90),
+                  authenticated=True),
+    )[0]
+    # Anyone can write a participant's address and the subject: unauthenticated, held for review.
+    m5 = ingest(
+        team,
+        mailbox,
+        raw_email(mid="", frm="anna@client.test", subject="Re: Contract", date=T0 + timedelta(days=3)),
     )[0]
     t = _thread_ids(m1)[0]
     assert _thread_ids(m2) == [t]
-    assert _rules(m2) == ["subject_participants"]
+    assert _rules(m2) == ["subject_participants", "sender_verified"]
+    t5 = Thread.objects.get(pk=_thread_ids(m5)[0])
+    assert (t5.pk != t, t5.verification, t5.claimed_thread_id) == (True, "unverified", t)
     assert _thread_ids(m3)[0] != t
     assert _thread_ids(m4)[0] != t
 
@@ -725,9 +736,9 @@ def test_bridge_merges_of_one_batch_move_everything_hung_on_the_absorbed_threads
         team_id=team.pk, kind="lmtp", mailbox=mailbox,
         items=[
             IncomingRaw(raw=raw_email(mid="pa@client.test", frm=anna, subject="Re: Alpha", irt="a1@client.test",
-                                      date=T0 + timedelta(hours=2)), key="bridge:pa"),
+                                      date=T0 + timedelta(hours=2), authenticated=True), key="bridge:pa"),
             IncomingRaw(raw=raw_email(mid="pb@other.test", frm=boris, subject="Re: Beta", irt="b1@other.test",
-                                      date=T0 + timedelta(hours=2)), key="bridge:pb"),
+                                      date=T0 + timedelta(hours=2), authenticated=True), key="bridge:pb"),
         ],
     )
     drain()
@@ -770,7 +781,8 @@ def test_several_from_addresses_with_a_sender_are_not_ambiguous(team: Any, mailb
     m1 = ingest(team, mailbox, raw_email(mid="b1@client.test", frm="anna@client.test", subject="Plan", date=T0))[0]
     reply = ingest(team, mailbox, raw_email(
         mid="b2@client.test", frm="anna@client.test, boris@client.test", subject="Re: Plan",
-        date=T0 + timedelta(hours=1), irt="b1@client.test", extra={"Sender": "anna@client.test"}))[0]
+        date=T0 + timedelta(hours=1), irt="b1@client.test", extra={"Sender": "anna@client.test"},
+        authenticated=True))[0]
     assert _thread_ids(m1) == _thread_ids(reply)
 
 

@@ -245,13 +245,16 @@ def test_two_companies_several_threads_replies_from_everywhere(
     assert _rules(_msg("a1@acme.test")) == ["new_thread"]
     assert _rules(_msg("g1.thunderbird@company.test")) == ["new_thread"]
     assert _rules(_msg(crm_quote)) == ["in_reply_to_known", "references_known", "sender_verified"]
-    assert _rules(_msg(exchange_id)) == ["references_known", "sender_verified"]
+    # Unsigned answers to our own messages: accepted, flagged unauthenticated (docs/architecture.md).
+    assert _rules(_msg(exchange_id)) == ["references_known", "sender_unauthenticated"]
     assert _rules(_msg("a3@acme.test")) == [
         "own_message_id",
         "in_reply_to_known",
         "references_known",
-        "sender_verified",
+        "sender_unauthenticated",
     ]
+    for mid in (exchange_id, "a3@acme.test"):
+        assert _msg(mid).routing["thread"]["flags"] == ["unauthenticated"]  # type: ignore[index]
     assert _rules(forward) == ["forward_new_thread", "references_known"]
     assert _rules(_msg(crm_globex)) == ["in_reply_to_known", "references_known", "sender_verified"]
 

@@ -112,6 +112,9 @@ def _msg(**kw: object) -> RoutingInput:
     return RoutingInput(**base)  # type: ignore[arg-type]
 
 
+ANNA_SIGNED = AuthVerdict(dkim="pass", dkim_domains=("client.test",))
+
+
 def _info(t: int, *people: str) -> ThreadInfo:
     return ThreadInfo(t, frozenset(people), T0, "hi")
 
@@ -121,7 +124,7 @@ def test_in_reply_to_outweighs_older_references() -> None:
         threads={1: _info(1, "anna@client.test"), 2: _info(2, "anna@client.test")},
         by_message_id={"old@x": 1, "parent@x": 2},
     )
-    d = resolve(_msg(in_reply_to=("parent@x",), references=("old@x", "parent@x")), cand)
+    d = resolve(_msg(in_reply_to=("parent@x",), references=("old@x", "parent@x"), auth=ANNA_SIGNED), cand)
     assert d.thread_id == 2
     assert [h.rule for h in d.rules] == [
         "in_reply_to_known",
@@ -168,10 +171,22 @@ def test_forward_new_thread_unless_own_message_id() -> None:
 
 def test_subject_fallback_window_and_participants() -> None:
     cand = Candidates(threads={1: _info(1, "anna@client.test")}, by_subject=(1,))
-    assert resolve(_msg(), cand).thread_id == 1
-    assert resolve(_msg(date=T0 + timedelta(days=31)), cand).thread_id is None
+    joined = resolve(_msg(auth=ANNA_SIGNED), cand)
+    assert joined.thread_id == 1
+    assert [(h.rule, h.reason) for h in joined.rules] == [
+        ("subject_participants", "subject 'hi' and participant(s) anna@client.test match thread 1 within 30 days"),
+        ("sender_verified", "DKIM pass for client.test"),
+    ]
+    assert resolve(_msg(date=T0 + timedelta(days=31), auth=ANNA_SIGNED), cand).thread_id is None
     assert resolve(_msg(from_address="bob@client.test"), cand).thread_id is None
-    assert resolve(_msg(subject="Hi"), cand).thread_id is None  # not a reply
+    assert resolve(_msg(subject="Hi", auth=ANNA_SIGNED), cand).thread_id is None  # not a reply
+    # A subject and a participant's address are anyone's to copy: unauthenticated, held for review.
+    forged = resolve(_msg(), cand)
+    assert (forged.thread_id, forged.claimed_thread_id, forged.flags) == (None, 1, ("unverified",))
+    assert forged.rules[0].reason == (
+        "claims to reply to thread 1, but anna@client.test is a participant of thread 1 but not "
+        "authenticated (dkim=none, dmarc=none) and answers none of our messages to them"
+    )
 
 
 def test_user_placement_wins() -> None:
@@ -280,6 +295,7 @@ def test_relay_token_outweighs_other_headers() -> None:
     )
     d = resolve(_msg(in_reply_to=("p@x",), relay_thread_id=1), cand)
     assert d.thread_id == 1
+    assert d.rules[-1].reason == "delivered to the signed reply address of thread 1"
     assert [(h.rule, h.thread_id, h.weight) for h in d.rules] == [
         ("relay_token", 1, 100),
         ("in_reply_to_known", 2, 80),
@@ -293,10 +309,55 @@ def test_relay_token_outweighs_other_headers() -> None:
 
 def test_a_references_chain_into_one_thread_is_recorded_once() -> None:
     cand = Candidates(threads={1: _info(1, "anna@client.test")}, by_message_id={"a@x": 1, "b@x": 1, "c@x": 1})
-    d = resolve(_msg(in_reply_to=("c@x",), references=("a@x", "b@x", "c@x")), cand)
+    d = resolve(_msg(in_reply_to=("c@x",), references=("a@x", "b@x", "c@x"), auth=ANNA_SIGNED), cand)
     assert d.thread_id == 1
     assert [(h.rule, h.reason) for h in d.rules] == [
         ("in_reply_to_known", "In-Reply-To <c@x> is in thread 1"),
         ("references_known", "References <c@x> (1 from the end) is in thread 1 (+2 more)"),
-        ("sender_verified", "anna@client.test is a participant of thread 1"),
+        ("sender_verified", "DKIM pass for client.test"),
     ]
+
+
+def test_a_participant_named_in_from_is_no_evidence_of_who_sent_it() -> None:
+    """Unauthenticated, answering the thread's other messages (anyone who saw them can copy their
+    ids): held for review, never joined as that contact."""
+    cand = Candidates(threads={1: _info(1, "anna@client.test")}, by_message_id={"a1@client.test": 1})
+    d = resolve(_msg(in_reply_to=("a1@client.test",)), cand)
+    assert (d.thread_id, d.claimed_thread_id, d.flags) == (None, 1, ("unverified",))
+    assert d.rules[0].reason == (
+        "claims to reply to thread 1, but anna@client.test is a participant of thread 1 but not "
+        "authenticated (dkim=none, dmarc=none) and answers none of our messages to them"
+    )
+
+
+def test_providers_without_dkim_thread_when_they_answer_our_own_message() -> None:
+    """The decision for unsigned mail: our signed Message-ID answered by a participant, or our sent
+    message answered by one of its recipients, is accepted and flagged unauthenticated."""
+    ours = "mr.1.abc@company.test"
+    cand = Candidates(
+        threads={1: _info(1, "anna@client.test", "bob@client.test"), 2: _info(2, "carl@client.test")},
+        by_message_id={"a1@client.test": 1, "sent@company.test": 1},
+        own_message_ids={ours: 1},
+        sent_to={"sent@company.test": frozenset({"anna@client.test"})},
+    )
+    signed = resolve(_msg(in_reply_to=(ours,), references=("a1@client.test", ours)), cand)
+    assert (signed.thread_id, signed.flags) == (1, ("unauthenticated",))
+    assert [(h.rule, h.reason) for h in signed.rules][-1] == (
+        "sender_unauthenticated",
+        "not authenticated (dkim=none, dmarc=none); accepted: anna@client.test is a participant of "
+        f"thread 1 and answers our signed Message-ID <{ours}>",
+    )
+    sent = resolve(_msg(in_reply_to=("sent@company.test",)), cand)
+    assert (sent.thread_id, sent.flags) == (1, ("unauthenticated",))
+    assert sent.rules[-1].reason == (
+        "not authenticated (dkim=none, dmarc=none); accepted: answers our message <sent@company.test>, "
+        "sent to anna@client.test"
+    )
+    # Someone else answering them: a participant not sent that message, a stranger with our token.
+    assert resolve(_msg(from_address="bob@client.test", in_reply_to=("sent@company.test",)), cand).thread_id is None
+    assert resolve(_msg(from_address="eve@client.test", in_reply_to=(ours,)), cand).thread_id is None
+    # Our token names thread 1; a participant of thread 2 only does not join thread 1 with it.
+    assert resolve(_msg(from_address="carl@client.test", in_reply_to=(ours,)), cand).thread_id is None
+    # Signed and aligned: joins as verified, no flag.
+    authed = resolve(_msg(in_reply_to=("a1@client.test",), auth=ANNA_SIGNED), cand)
+    assert (authed.thread_id, authed.flags, authed.rules[-1].rule) == (1, (), "sender_verified")

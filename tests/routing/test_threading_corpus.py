@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 
 from mailroom.routing.resolver import resolve
-from mailroom.routing.rules import Candidates, RoutingInput, ThreadInfo
+from mailroom.routing.rules import AuthVerdict, Candidates, RoutingInput, ThreadInfo
 from mailroom.routing.subjects import base_subject
 from mailroom.routing.tree import Node, format_threads, thread_orderedsubject, thread_references
 from tests.routing.corpus import read_script, tree_message
@@ -78,6 +78,9 @@ def resolver_groups(msgs: list) -> set[frozenset[int]]:  # type: ignore[type-arg
             subject=m.subject,
             from_address="user@domain",
             date=m.date,
+            # The corpus is about threading by headers: its senders are authenticated (who may join a
+            # thread unauthenticated is tested in test_rules and test_linking).
+            auth=AuthVerdict(dkim="pass", dmarc="pass", dkim_domains=("domain",)),
         )
         cand = Candidates(
             threads=infos,

@@ -179,6 +179,12 @@ MAILROOM_RELAY_REQUIRE_AUTH = _env_bool("MAILROOM_RELAY_REQUIRE_AUTH", True)
 MAILROOM_TRUSTED_AUTHSERV_IDS = [
     s.strip() for s in os.environ.get("MAILROOM_TRUSTED_AUTHSERV_IDS", "").split(",") if s.strip()
 ]
+# DKIM: Mailroom verifies every message's signatures itself (keys from DNS, through these servers,
+# "host" or "host:port", comma separated; empty: the system's resolver). An aligned pass authenticates
+# the sender; see docs/architecture.md, "Who sent it".
+MAILROOM_DKIM_VERIFY = _env_bool("MAILROOM_DKIM_VERIFY", True)
+MAILROOM_DNS_SERVERS = [s.strip() for s in os.environ.get("MAILROOM_DNS_SERVERS", "").split(",") if s.strip()]
+MAILROOM_DNS_TIMEOUT = float(os.environ.get("MAILROOM_DNS_TIMEOUT", "3"))
 # Outbox: how long a sender holds a claimed row, retry backoff base, SMTP timeout, batch sizes.
 MAILROOM_OUTBOX_LEASE_SECONDS = int(os.environ.get("MAILROOM_OUTBOX_LEASE_SECONDS", "300"))
 MAILROOM_OUTBOX_RETRY_BASE_SECONDS = float(os.environ.get("MAILROOM_OUTBOX_RETRY_BASE_SECONDS", "30"))

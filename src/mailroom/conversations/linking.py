@@ -54,6 +54,7 @@ from mailroom.mailboxes.models import Mailbox
 from mailroom.outbound.relay import relay_threads_for_messages
 from mailroom.routing.addresses import canonical_address
 from mailroom.routing.linkrules import (
+    RECIPIENT_ROLES,
     ContactContext,
     ContactPlan,
     DealInput,
@@ -67,6 +68,7 @@ from mailroom.routing.linkrules import (
 from mailroom.routing.resolver import FLAG_SUSPICIOUS, FLAG_UNVERIFIED, RoutingDecision, resolve
 from mailroom.routing.rules import (
     DEFAULT_SUBJECT_WINDOW,
+    OUTGOING,
     AuthVerdict,
     Candidates,
     RoutingInput,
@@ -268,10 +270,19 @@ class _TeamBatch:
         # Evidence: stored messages with the ids we mention, keys we carry, our own tokens.
         all_ids = {m.inp.message_id for m in msgs} | {mid for m in msgs for mid in m.inp.referenced_ids}
         hashes = {_h(mid) for mid in all_ids}
-        for h, pk, t in Message.objects.filter(
+        outgoing: list[int] = []
+        for h, pk, t, direction in Message.objects.filter(
             team_id=team_id, message_id_hash__in=_each(hashes), thread__isnull=False
-        ).values_list("message_id_hash", "id", "thread_id"):
+        ).values_list("message_id_hash", "id", "thread_id", "direction"):
             self.hash_threads[h].append((pk, t))
+            if direction == Message.Direction.OUTGOING:
+                outgoing.append(pk)
+        # Whom our referenced outgoing messages were sent to: they may answer without DKIM.
+        self.sent_recipients: dict[int, set[str]] = defaultdict(set)
+        for pk, addr in Participant.objects.filter(
+            message_id__in=_each(outgoing), role__in=sorted(RECIPIENT_ROLES)
+        ).values_list("message_id", "address"):
+            self.sent_recipients[pk].add(canonical_address(addr))
         all_keys = {k for m in msgs for k in m.keys} | {f"r:{_h(m.inp.message_id)}" for m in msgs}
         # A message a user split out of its thread does not pull its references after it.
         for k, pk, t in (
@@ -351,11 +362,15 @@ class _TeamBatch:
         pk = m.row["id"]
         by_mid: dict[str, int] = {}
         referenced_by: dict[str, tuple[int, ...]] = {}
+        sent_to: dict[str, frozenset[str]] = {}
         for mid in (m.inp.message_id, *m.inp.referenced_ids):
             for opk, t in self.hash_threads.get(_h(mid), ()):
                 if opk != pk:
                     by_mid.setdefault(mid, self.find(t))
                     break
+            recipients = {a for opk, _ in self.hash_threads.get(_h(mid), ()) for a in self.sent_recipients.get(opk, ())}
+            if recipients:
+                sent_to[mid] = frozenset(recipients)
             # An unverified thread's claims are no evidence for anything else.
             ts = {
                 self.find(t) for opk, t in self.key_threads.get(f"r:{_h(mid)}", ()) if opk != pk
@@ -387,6 +402,7 @@ class _TeamBatch:
             by_gm_thrid=by_gm,
             by_subject=by_subject,
             own_addresses=self.own,
+            sent_to=sent_to,
             override_thread=self.find(override) if override is not None else None,
         )
 
@@ -455,6 +471,10 @@ class _TeamBatch:
         self.touched.add(tid)
         pk = m.row["id"]
         self.hash_threads[m.row["message_id_hash"]].append((pk, tid))
+        if decision.direction == OUTGOING:  # later messages of this batch may answer it
+            self.sent_recipients[pk] = {
+                canonical_address(a) for _, role, a, _, _ in m.participants if role in RECIPIENT_ROLES
+            }
         if pk not in self.split_out:
             for k in m.keys:
                 self.key_threads[k].append((pk, tid))

@@ -104,10 +104,17 @@ def parse_jobs(items: list[tuple[Message, bytes | str]]) -> list[ParsedMessage |
     (``raw_refs_for``)."""
     trusted = tuple(settings.MAILROOM_TRUSTED_AUTHSERV_IDS)
     blob_dir = str(settings.MAILROOM_BLOB_DIR)
+    dkim = {
+        "verify_dkim": bool(settings.MAILROOM_DKIM_VERIFY),
+        "dns_servers": tuple(settings.MAILROOM_DNS_SERVERS),
+        "dns_timeout": float(settings.MAILROOM_DNS_TIMEOUT),
+    }
     jobs = [
-        ParseJob(m.pk, raw, m.received_at, trusted, content_hash=m.content_hash)
+        ParseJob(m.pk, raw, m.received_at, trusted, content_hash=m.content_hash, **dkim)
         if isinstance(raw, bytes)
-        else ParseJob(m.pk, b"", m.received_at, trusted, blob=raw, blob_dir=blob_dir, content_hash=m.content_hash)
+        else ParseJob(
+            m.pk, b"", m.received_at, trusted, blob=raw, blob_dir=blob_dir, content_hash=m.content_hash, **dkim
+        )
         for m, raw in items
     ]
     return parse_pool(settings.MAILROOM_PARSE_PROCESSES, settings.MAILROOM_PARSE_DEADLINE).parse(jobs)

@@ -2,14 +2,22 @@
 
 Two sources, in this order:
 
-1. ``verify_dkim=True``: every DKIM-Signature is verified with dkimpy; the DNS lookup goes through
-   the injected ``dnsfunc(name: bytes, timeout: int = 5) -> bytes | str | None`` (tests pass one that
-   returns their own TXT record; there is no default network lookup here: without a dnsfunc,
-   signatures are reported as "fail" with the reason "no dnsfunc"). DMARC is "pass" when a valid
-   signature's d= is aligned (relaxed) with the From domain.
-2. Otherwise (or when DKIM verification found nothing), the ``Authentication-Results`` header added
-   by one of ``trusted_authserv_ids`` (our own receiving servers) is parsed with ``authres``; headers
-   from any other authserv-id are ignored, since anyone can write one.
+1. ``verify_dkim=True``: every DKIM-Signature (at most ten) is verified with dkimpy; the DNS lookup
+   goes through the injected ``dnsfunc(name: bytes, timeout: int = 5) -> bytes | str | None``
+   (``parsing.dns.TxtResolver`` in production, a loopback DNS server or a function in tests; without
+   a dnsfunc nothing is looked up and signatures are reported as "fail"). A signature with an
+   ``l=`` body length vouches for the first ``l`` bytes only: anyone may append to the rest, so such
+   a signature is not counted. DMARC is "pass" when a valid signature's d= is aligned (relaxed,
+   organizational domain) with the From domain.
+2. The ``Authentication-Results`` header added by one of ``trusted_authserv_ids`` (our own receiving
+   servers) is parsed with ``authres``; headers from any other authserv-id are ignored, since anyone
+   can write one. It is used when our own check found no aligned pass, and it alone can say
+   ``dmarc=fail``.
+
+Our own check never says "fail" for DMARC: a missing or broken signature is *unauthenticated* (keys
+rotate, lists rewrite bodies, some providers do not sign), which the resolver weighs as such, not
+as a forgery. Only a receiving server we trust, which also saw SPF and the domain's policy, can say
+that a message is forged.
 """
 
 from __future__ import annotations
@@ -93,6 +101,8 @@ def verify_dkim_signatures(raw: bytes, dnsfunc: DnsFunc | None) -> tuple[int, li
         return 0, []
     valid: list[str] = []
     for idx in range(min(len(sigs), 10)):
+        if _has_body_length(sigs[idx]):
+            continue  # vouches for a prefix only: the rest could be anyone's
         try:
             ok = d.verify(idx=idx, dnsfunc=_dns)
         except Exception:
@@ -107,6 +117,15 @@ def verify_dkim_signatures(raw: bytes, dnsfunc: DnsFunc | None) -> tuple[int, li
             if dom:
                 valid.append(dom)
     return len(sigs), valid
+
+
+def _has_body_length(signature: bytes) -> bool:
+    try:
+        from dkim.util import parse_tag_value
+
+        return b"l" in parse_tag_value(b"".join(signature.split()))
+    except Exception:  # a signature we cannot read is not counted either (dkimpy fails it)
+        return True
 
 
 def parse_trusted_authres(
@@ -180,18 +199,19 @@ def authenticate(
 ) -> AuthResult:
     """The sender-authentication verdict for one message (see the module docstring)."""
     from_domain = from_domain.lower()
+    trusted = parse_trusted_authres(headers, trusted_authserv_ids, from_domain)
     if verify_dkim:
         count, valid = verify_dkim_signatures(raw, dnsfunc)
         if count:
-            trusted = parse_trusted_authres(headers, trusted_authserv_ids, from_domain)
             spf = trusted.spf if trusted is not None else "none"
-            if valid:
-                dmarc = "pass" if any(aligned(d, from_domain) for d in valid) else "fail"
-                return AuthResult("pass", tuple(dict.fromkeys(valid)), dmarc, spf, "dkim")
-            return AuthResult("fail", (), "fail", spf, "dkim")
-    trusted = parse_trusted_authres(headers, trusted_authserv_ids, from_domain)
+            domains = tuple(dict.fromkeys(valid))
+            if any(aligned(d, from_domain) for d in domains):
+                return AuthResult("pass", domains, "pass", spf, "dkim")
+            if trusted is not None and trusted.dmarc != "none":
+                return trusted  # e.g. dmarc=pass by aligned SPF at our MX, or its dmarc=fail
+            return AuthResult("pass" if domains else "fail", domains, "none", spf, "dkim")
     if trusted is not None:
         return trusted
     if verify_dkim:
-        return AuthResult("none", (), "fail" if from_domain else "none", "none", "dkim")
+        return AuthResult("none", (), "none", "none", "dkim")
     return AuthResult()

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mailroom.core.blobs import store_at
+from mailroom.parsing.dns import resolver_for
 from mailroom.parsing.mime import ParsedMessage, parse_message
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ class ParseJob:
     blob: str = ""
     blob_dir: str = ""
     content_hash: str = ""  # known from the import: not computed again
+    # DKIM: verify the signatures, looking the keys up through these DNS servers (empty: the system's).
+    verify_dkim: bool = False
+    dns_servers: tuple[str, ...] = ()
+    dns_timeout: float = 3.0
 
     def load(self) -> bytes:
         return store_at(self.blob_dir).read(self.blob) if self.blob else self.raw
@@ -91,6 +96,8 @@ def parse_one(job: ParseJob) -> ParsedMessage | Exception:
             received_at=job.received_at,
             trusted_authserv_ids=job.trusted_authserv_ids,
             content_hash=job.content_hash or None,
+            verify_dkim=job.verify_dkim,
+            dnsfunc=resolver_for(job.dns_servers, job.dns_timeout) if job.verify_dkim else None,
         )
     except Exception as exc:  # returned, not raised: one bad message (or a lost segment) must not fail its chunk
         return exc

@@ -28,7 +28,7 @@ from mailroom.routing.rules import (
     RoutingInput,
     RuleHit,
     own_from,
-    sender_verified,
+    sender_check,
     subject_fallback,
 )
 from mailroom.routing.subjects import is_forward, normalize_subject
@@ -38,6 +38,7 @@ FLAG_FORWARD = "forward"
 FLAG_AUTO_REPLY = "auto_reply"
 FLAG_BULK = "bulk"
 FLAG_SUSPICIOUS = "suspicious"  # claims one of our own addresses without authentication
+FLAG_UNAUTHENTICATED = "unauthenticated"  # joined its thread on what it references, not DKIM/DMARC
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +160,17 @@ def resolve(msg: RoutingInput, cand: Candidates) -> RoutingDecision:
     if not scores:
         fallback = subject_fallback(msg, cand)
         if fallback is not None:
+            assert fallback.thread_id is not None
+            check = sender_check(msg, cand.threads.get(fallback.thread_id), cand)
+            if not check.ok or check.unauthenticated:
+                # A subject and a participant's name are anyone's to copy: authenticated senders only.
+                flags.append(FLAG_UNVERIFIED)
+                why = check.why if not check.ok else f"{msg.from_address} is not authenticated"
+                hit = RuleHit("unverified_sender", f"claims to reply to thread {fallback.thread_id}, but {why}")
+                return RoutingDecision(None, (hit, *pre, fallback), tuple(flags), fallback.thread_id, norm, (), direction)
+            verified = RuleHit("sender_verified", check.why)
             return RoutingDecision(
-                fallback.thread_id, (*pre, fallback), tuple(flags), None, norm, (), direction
+                fallback.thread_id, (*pre, fallback, verified), tuple(flags), None, norm, (), direction
             )
         new = RuleHit("new_thread", "no evidence of an existing thread")
         return RoutingDecision(None, (*pre, new), tuple(flags), None, norm, (), direction)
@@ -175,17 +185,22 @@ def resolve(msg: RoutingInput, cand: Candidates) -> RoutingDecision:
                 f"weaker evidence for thread(s) {', '.join(map(str, others))} outweighed",
             )
         )
-    ok, why = sender_verified(msg, cand.threads.get(best), cand.own_addresses)
-    if not ok:
+    check = sender_check(msg, cand.threads.get(best), cand)
+    if not check.ok:
         flags.append(FLAG_UNVERIFIED)
-        rules.insert(0, RuleHit("unverified_sender", f"claims to reply to thread {best}, but {why}"))
+        rules.insert(0, RuleHit("unverified_sender", f"claims to reply to thread {best}, but {check.why}"))
         return RoutingDecision(None, tuple(rules), tuple(flags), best, norm, (), direction)
-    rules.append(RuleHit("sender_verified", why))
+    if check.unauthenticated:
+        flags.append(FLAG_UNAUTHENTICATED)
+        rules.append(RuleHit("sender_unauthenticated", check.why))
+    else:
+        rules.append(RuleHit("sender_verified", check.why))
     # Replies that arrived before this message started threads of their own: this message bridges them.
     merge: list[int] = []
     for h in hits:
         if h.rule == "referenced_by_thread" and h.thread_id is not None and h.thread_id != best:
-            ok_other, why_other = sender_verified(msg, cand.threads.get(h.thread_id), cand.own_addresses)
+            other = sender_check(msg, cand.threads.get(h.thread_id), cand)
+            ok_other, why_other = other.ok, other.why
             if ok_other and h.thread_id not in merge:
                 merge.append(h.thread_id)
                 rules.append(

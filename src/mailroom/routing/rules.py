@@ -131,6 +131,9 @@ class Candidates:
     by_gm_thrid: Mapping[str, int] = field(default_factory=dict)
     by_subject: tuple[int, ...] = ()  # threads with the same normalised subject, most recent first
     own_addresses: frozenset[str] = frozenset()  # canonical addresses of the team's mailboxes and users
+    # Referenced Message-ID of our own outgoing message (sent from the CRM or found in a Sent folder)
+    # -> the canonical addresses it was sent to: who may answer it without authentication.
+    sent_to: Mapping[str, frozenset[str]] = field(default_factory=dict)
     override_thread: int | None = None  # a user put the message there (split, merge, accept): it sticks
     subject_window: timedelta = DEFAULT_SUBJECT_WINDOW
 
@@ -328,30 +331,68 @@ def own_from(msg: RoutingInput, own: frozenset[str]) -> RuleHit | None:
     )
 
 
-def sender_verified(
-    msg: RoutingInput, info: ThreadInfo | None, own: frozenset[str] = frozenset()
-) -> tuple[bool, str]:
-    """Anti-spoofing: may this message join ``info`` as its sender? Our own outgoing mail, a participant
-    of the thread, or an authenticated sender (DKIM aligned or DMARC pass) may; never a sender whose
-    domain fails DMARC, nor an unauthenticated incoming message claiming one of our own addresses."""
+@dataclass(frozen=True, slots=True)
+class SenderCheck:
+    """May this message join a thread as its sender? ``unauthenticated``: accepted on what it
+    references, without DKIM/DMARC (flagged so, and said so in the message's reasons)."""
+
+    ok: bool
+    why: str
+    unauthenticated: bool = False
+
+
+def sender_check(msg: RoutingInput, info: ThreadInfo | None, cand: Candidates) -> SenderCheck:
+    """Anti-spoofing: being named in a thread's headers is no evidence of who sent a message.
+
+    Incoming mail joins a thread as its sender on evidence an attacker cannot copy:
+
+    - an authenticated sender: a valid DKIM signature aligned with the From domain, or DMARC pass
+      (our own check or a trusted receiving server's);
+    - the relay's signed reply address of that thread (the relay checked the token and the sender);
+    - or, for providers that do not sign (decided so that ordinary correspondence still threads):
+      one of *our own* messages of that thread referenced in In-Reply-To/References, by a sender
+      consistent with it: our signed Message-ID (``mr.…``) and a participant of the thread, or the
+      Message-ID of our outgoing message (CRM or Sent folder) that was sent to this very address.
+      Such a message is accepted but flagged ``unauthenticated``.
+
+    Never: a sender whose domain fails DMARC at a trusted server, an unauthenticated incoming
+    message claiming one of our own addresses, mail whose sender cannot be told, or a participant
+    referencing only other people's messages (anyone who saw the thread can copy those)."""
     if msg.direction == OUTGOING:
-        return True, "outgoing mail of the team"
+        return SenderCheck(True, "outgoing mail of the team")
     if msg.from_ambiguous:
-        return False, f"who sent it cannot be told ({msg.from_ambiguous})"
+        return SenderCheck(False, f"who sent it cannot be told ({msg.from_ambiguous})")
     sender = canonical_address(msg.from_address) if msg.from_address else ""
+    who = msg.from_address or "the sender"
     if msg.auth.failed:
-        return False, f"{msg.from_address or 'the sender'} fails DMARC (dkim={msg.auth.dkim})"
-    if sender and sender in own:
-        return (
-            False,
-            f"{msg.from_address} is one of the team's addresses, unauthenticated, not from a Sent folder",
-        )
-    if info is not None and sender and sender in info.participants:
-        return True, f"{msg.from_address} is a participant of thread {info.thread_id}"
+        return SenderCheck(False, f"{who} fails DMARC (dkim={msg.auth.dkim})")
+    if sender and sender in cand.own_addresses:
+        return SenderCheck(False, f"{who} is one of the team's addresses, unauthenticated, not from a Sent folder")
     ok, why = msg.auth.authenticates(msg.from_address)
     if ok:
-        return True, why
-    return (
-        False,
-        f"{msg.from_address or 'the sender'} is not a participant of the thread and not authenticated ({why})",
-    )
+        return SenderCheck(True, why)
+    if info is None or not sender:
+        return SenderCheck(False, f"{who} is not authenticated ({why})")
+    t = info.thread_id
+    if msg.relay_thread_id == t:
+        return SenderCheck(True, f"delivered to the signed reply address of thread {t}")
+    participant = sender in info.participants
+    for mid in msg.referenced_ids:
+        if participant and cand.own_message_ids.get(mid) == t:
+            return SenderCheck(
+                True,
+                f"not authenticated ({why}); accepted: {who} is a participant of thread {t} and "
+                f"answers our signed Message-ID <{mid}>",
+                True,
+            )
+        if sender in cand.sent_to.get(mid, ()) and cand.by_message_id.get(mid) == t:
+            return SenderCheck(
+                True, f"not authenticated ({why}); accepted: answers our message <{mid}>, sent to {who}", True
+            )
+    if participant:
+        return SenderCheck(
+            False,
+            f"{who} is a participant of thread {t} but not authenticated ({why}) and answers none of "
+            "our messages to them",
+        )
+    return SenderCheck(False, f"{who} is not a participant of the thread and not authenticated ({why})")
