@@ -104,16 +104,21 @@ def parse_jobs(items: list[tuple[Message, bytes | str]]) -> list[ParsedMessage |
     (``raw_refs_for``)."""
     trusted = tuple(settings.MAILROOM_TRUSTED_AUTHSERV_IDS)
     blob_dir = str(settings.MAILROOM_BLOB_DIR)
-    dkim = {
-        "verify_dkim": bool(settings.MAILROOM_DKIM_VERIFY),
-        "dns_servers": tuple(settings.MAILROOM_DNS_SERVERS),
-        "dns_timeout": float(settings.MAILROOM_DNS_TIMEOUT),
-    }
+    verify = bool(settings.MAILROOM_DKIM_VERIFY)
+    servers = tuple(settings.MAILROOM_DNS_SERVERS)
+    timeout = float(settings.MAILROOM_DNS_TIMEOUT)
     jobs = [
-        ParseJob(m.pk, raw, m.received_at, trusted, content_hash=m.content_hash, **dkim)
-        if isinstance(raw, bytes)
-        else ParseJob(
-            m.pk, b"", m.received_at, trusted, blob=raw, blob_dir=blob_dir, content_hash=m.content_hash, **dkim
+        ParseJob(
+            m.pk,
+            raw if isinstance(raw, bytes) else b"",
+            m.received_at,
+            trusted,
+            blob="" if isinstance(raw, bytes) else raw,
+            blob_dir="" if isinstance(raw, bytes) else blob_dir,
+            content_hash=m.content_hash,
+            verify_dkim=verify,
+            dns_servers=servers,
+            dns_timeout=timeout,
         )
         for m, raw in items
     ]
