@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import smtplib
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -224,3 +225,35 @@ def test_old_windows_are_pruned_on_write(relay_on: None, sink_mailbox: Any, user
     left = sorted((r.scope, r.scope_id, now - r.window_start) for r in RelayQuotaWindow.objects.all())
     assert left == [("team", token.team_id, timedelta(0)), ("team", token.team_id, timedelta(hours=1)),
                     ("token", token.pk, timedelta(0))]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_deliveries_never_exceed_the_quota(relay_on: None, settings: Any, sink_mailbox: Any,
+                                                      user: Any) -> None:
+    settings.MAILROOM_RELAY_QUOTA_PER_TOKEN = 3
+    token = sent_offer(user, sink_mailbox).relay_token
+    assert token is not None
+    addr = relay_address(token.token)
+    clients = 6
+    ready = threading.Barrier(clients)
+    replies: list[str] = []
+
+    def one(i: int) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+            smtp.ehlo()
+            assert smtp.docmd("MAIL FROM:<client@client.test>")[0] == 250
+            assert smtp.docmd(f"RCPT TO:<{addr}>")[0] == 250  # nothing counted yet: all pass RCPT
+            ready.wait(timeout=30)
+            assert smtp.docmd("DATA")[0] == 354
+            smtp.send(reply_mail(addr, mid=f"c{i}@client.test") + b".\r\n")
+            replies.append(_reply(*smtp.getreply()))
+
+    with relay_server() as port:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert sorted(replies) == ["250 2.0.0 OK"] * 3 + [TOKEN_FULL] * 3
+    assert Message.objects.filter(sources__kind="lmtp").count() == 3
+    assert counts() == {("token", token.pk): 3, ("team", token.team_id): 3}

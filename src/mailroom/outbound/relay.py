@@ -13,7 +13,8 @@ against case folding); the random part is stored in :class:`RelayToken`, so a to
 
 No loops: nothing automatic (Auto-Submitted, Precedence, List-*, null sender, DSNs, our own
 ``X-Mailroom-Relay`` header) is ever forwarded or relayed, and relayed mail is rate-limited per
-sender and thread.
+sender and thread. What the endpoint accepts is limited per relay token and per team
+(``relay_quota``: counted in the database, in the transaction that commits each message).
 """
 
 from __future__ import annotations
