@@ -257,3 +257,24 @@ def test_concurrent_deliveries_never_exceed_the_quota(relay_on: None, settings: 
     assert sorted(replies) == ["250 2.0.0 OK"] * 3 + [TOKEN_FULL] * 3
     assert Message.objects.filter(sources__kind="lmtp").count() == 3
     assert counts() == {("token", token.pk): 3, ("team", token.team_id): 3}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_recipients_of_one_message_are_capped_with_452(relay_on: None, sink_mailbox: Any, user: Any) -> None:
+    from mailroom.ingest.lmtp.server import MAX_RCPTS_PER_MESSAGE
+
+    token = sent_offer(user, sink_mailbox).relay_token
+    assert token is not None
+    addr = relay_address(token.token)
+    with relay_server() as port, smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.docmd("MAIL FROM:<client@client.test>")[0] == 250
+        for _ in range(MAX_RCPTS_PER_MESSAGE):
+            assert smtp.docmd(f"RCPT TO:<{addr}>")[0] == 250
+        assert _reply(*smtp.docmd(f"RCPT TO:<{addr}>")) == (
+            "452 4.5.3 too many recipients for one message, send the others separately")
+        assert smtp.docmd("DATA")[0] == 354
+        smtp.send(reply_mail(addr, mid="many@client.test") + b".\r\n")
+        assert _reply(*smtp.getreply()) == "250 2.0.0 OK"
+    assert Source.objects.filter(message__message_id="many@client.test").count() == 1
+    assert counts() == {("token", token.pk): 1, ("team", token.team_id): 1}

@@ -7,6 +7,7 @@ envelope only. Answers:
   address's or its team's quota (``outbound.relay_quota``, in the database) is used up for now; after
   ``MAILROOM_RELAY_MAX_FAILED_RCPTS`` refused addresses in one session, ``421`` and the connection is
   closed (a prober's failures are his session's, never held against a relay address);
+* RCPT beyond ``MAX_RCPTS_PER_MESSAGE`` of one message: ``452 4.5.3`` (the client sends them later);
 * DATA: ``250`` only after the raw message (or its hold) is committed and counted; ``451`` on any
   internal failure or a quota used up meanwhile, so the sending MTA retries; with LMTP, one reply per
   accepted recipient.
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_SIZE = 50 * 1024 * 1024
 TOO_MANY_FAILED = "421 4.7.0 too many unknown relay addresses in this session, closing connection"
+# Recipients of one message (RFC 5321 4.5.3.1.8: at least 100); the client sends the rest in another.
+MAX_RCPTS_PER_MESSAGE = 100
+TOO_MANY_RCPTS = "452 4.5.3 too many recipients for one message, send the others separately"
 # Attributes the handler keeps on aiosmtpd's Session (one per connection, gone with it).
 _FAILED_RCPTS = "mailroom_failed_rcpts"
 _CLOSE = "mailroom_close"
@@ -60,6 +64,8 @@ class RelayHandler:
                           rcpt_options: list[str]) -> str:
         from mailroom.outbound.relay import relay_check_recipient
 
+        if len(envelope.rcpt_tos) >= MAX_RCPTS_PER_MESSAGE:
+            return TOO_MANY_RCPTS
         try:
             reply = await asyncio.to_thread(_db_call, relay_check_recipient, address)
         except Exception:
