@@ -25,6 +25,19 @@ def _env_bool(name: str, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+
+def _env_int(name: str, default: int, *, minimum: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}") from None
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}")
+    return number
+
 DEBUG = _env_bool("MAILROOM_DEBUG", False)
 SECRET_KEY = load_secret_key(DATA_DIR)
 ALLOWED_HOSTS = [h for h in os.environ.get("MAILROOM_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h]
@@ -185,6 +198,14 @@ MAILROOM_TRUSTED_AUTHSERV_IDS = [
 MAILROOM_DKIM_VERIFY = _env_bool("MAILROOM_DKIM_VERIFY", True)
 MAILROOM_DNS_SERVERS = [s.strip() for s in os.environ.get("MAILROOM_DNS_SERVERS", "").split(",") if s.strip()]
 MAILROOM_DNS_TIMEOUT = float(os.environ.get("MAILROOM_DNS_TIMEOUT", "3"))
+# Relay endpoint quotas (docs/relay.md): messages accepted per relay token and per team in a fixed
+# window; past them the endpoint answers 451 4.7.1 and the sending MTA retries in a later window.
+# A session that names more than MAILROOM_RELAY_MAX_FAILED_RCPTS unknown/forged/revoked relay
+# addresses is closed with 421.
+MAILROOM_RELAY_QUOTA_WINDOW_SECONDS = _env_int("MAILROOM_RELAY_QUOTA_WINDOW_SECONDS", 3600, minimum=60)
+MAILROOM_RELAY_QUOTA_PER_TOKEN = _env_int("MAILROOM_RELAY_QUOTA_PER_TOKEN", 100, minimum=1)
+MAILROOM_RELAY_QUOTA_PER_TEAM = _env_int("MAILROOM_RELAY_QUOTA_PER_TEAM", 2000, minimum=1)
+MAILROOM_RELAY_MAX_FAILED_RCPTS = _env_int("MAILROOM_RELAY_MAX_FAILED_RCPTS", 10, minimum=0)
 # Outbox: how long a sender holds a claimed row, retry backoff base, SMTP timeout, batch sizes.
 MAILROOM_OUTBOX_LEASE_SECONDS = int(os.environ.get("MAILROOM_OUTBOX_LEASE_SECONDS", "300"))
 MAILROOM_OUTBOX_RETRY_BASE_SECONDS = float(os.environ.get("MAILROOM_OUTBOX_RETRY_BASE_SECONDS", "30"))

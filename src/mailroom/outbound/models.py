@@ -218,6 +218,32 @@ class RelayHold(models.Model):
         return f"held relay mail {self.pk}: {self.reason}"
 
 
+class RelayQuotaWindow(models.Model):
+    """Messages the relay endpoint accepted for one team or one relay token in one fixed window
+    (``MAILROOM_RELAY_QUOTA_WINDOW_SECONDS``): the per-team and per-token quotas
+    (``outbound.relay_quota``). Kept in the database, so every endpoint process and a restarted one
+    see the same counts; a row is incremented in the transaction that commits the message it
+    counts. Rows of past windows are pruned on write."""
+
+    class Scope(models.TextChoices):
+        TEAM = "team", "Team"
+        TOKEN = "token", "Relay token"
+
+    scope = models.CharField(max_length=8, choices=Scope.choices)
+    scope_id = models.BigIntegerField()  # the team's or the relay token's primary key
+    window_start = models.DateTimeField()
+    accepted = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "scope_id", "window_start"], name="uniq_relay_quota_window"),
+        ]
+        indexes = [models.Index(fields=["window_start"], name="relay_quota_window_start")]
+
+    def __str__(self) -> str:
+        return f"relay quota {self.scope} {self.scope_id} @ {self.window_start:%Y-%m-%d %H:%M}: {self.accepted}"
+
+
 class Signature(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="signatures")
     mailbox = models.ForeignKey(  # null: for every mailbox

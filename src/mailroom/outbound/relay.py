@@ -13,7 +13,8 @@ against case folding); the random part is stored in :class:`RelayToken`, so a to
 
 No loops: nothing automatic (Auto-Submitted, Precedence, List-*, null sender, DSNs, our own
 ``X-Mailroom-Relay`` header) is ever forwarded or relayed, and relayed mail is rate-limited per
-sender and thread.
+sender and thread. What the endpoint accepts is limited per relay token and per team
+(``relay_quota``: counted in the database, in the transaction that commits each message).
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ from mailroom.outbound.models import (
     PersonalAddress,
     RelayHold,
     RelayToken,
+)
+from mailroom.outbound.relay_quota import (
+    RelayQuotaExceeded,
+    quota_reply_text,
+    relay_quota_consume,
+    relay_quota_prune,
+    relay_quota_reached,
 )
 from mailroom.parsing.headers import parse_addresses, summarize_headers
 from mailroom.parsing.rawheaders import HeaderBlock, parse_header_block
@@ -300,35 +308,60 @@ class RelayReply:
 
 
 def relay_check_recipient(address: str) -> RelayReply:
-    """RCPT TO: 550 for unknown/forged/revoked tokens (no side effect), 250 otherwise."""
+    """RCPT TO: 550 for unknown/forged/revoked tokens (no side effect), 451 when the address's or
+    its team's quota is used up for now (relay_quota), 250 otherwise."""
     if not relay_domain():
         return RelayReply(550, "5.1.1 relay domain not configured")
-    if relay_token_lookup(address) is None:
+    token = relay_token_lookup(address)
+    if token is None:
         return RelayReply(550, "5.1.1 unknown or revoked relay address")
+    scope = relay_quota_reached(token=token)
+    if scope is not None:
+        return RelayReply(451, quota_reply_text(scope))
     return RelayReply(250, "2.1.5 OK")
 
 
-def _hold(token: RelayToken, mail_from: str, rcpt: str, raw: bytes, reason: str) -> RelayReply:
+# (answer, whether a new message was accepted: it counts against the quotas)
+_Outcome = tuple[RelayReply, bool]
+
+
+def _hold(token: RelayToken, mail_from: str, rcpt: str, raw: bytes, reason: str) -> _Outcome:
     RelayHold.objects.create(team_id=token.team_id, token=token, mail_from=mail_from[:320], rcpt_to=rcpt[:320],
                              reason=reason[:300], raw=raw)
     log.info("relay.held", extra={"token": token.pk, "reason": reason})
-    return RelayReply(250, "2.0.0 held for review")
+    return RelayReply(250, "2.0.0 held for review"), True
 
 
 def relay_receive(*, mail_from: str, rcpt: str, raw: bytes) -> RelayReply:
-    """Handle one message for one relay recipient. Answers 250 only after everything is committed."""
+    """Handle one message for one relay recipient. Answers 250 only after everything is committed;
+    451 (nothing kept, the MTA retries later) when the address's or its team's quota is used up.
+    A new message is counted against both quotas in the transaction that commits it."""
     token = relay_token_lookup(rcpt)
     if token is None:
         return RelayReply(550, "5.1.1 unknown or revoked relay address")
+    scope = relay_quota_reached(token=token)
+    if scope is not None:
+        return RelayReply(451, quota_reply_text(scope))
     sender = mail_from.strip("<>").lower()
     block, _ = parse_header_block(raw)
-    with transaction.atomic():
-        if token.kind == RelayToken.Kind.OWNER:
-            return _receive_owner_answer(token, sender, rcpt, raw, block)
-        return _receive_client_reply(token, sender, rcpt, raw, block)
+    try:
+        with transaction.atomic():
+            if token.kind == RelayToken.Kind.OWNER:
+                reply, accepted = _receive_owner_answer(token, sender, rcpt, raw, block)
+            else:
+                reply, accepted = _receive_client_reply(token, sender, rcpt, raw, block)
+            prune = accepted and relay_quota_consume(token=token)
+    except RelayQuotaExceeded as exc:  # another delivery took the last of it since the check: rolled back
+        return RelayReply(451, quota_reply_text(exc.scope))
+    if prune:  # once per team and window, after the commit (its own short transaction)
+        try:
+            relay_quota_prune()
+        except Exception:  # the message is committed; old counters go next time
+            log.warning("relay.quota_prune_failed", exc_info=True)
+    return reply
 
 
-def _receive_client_reply(token: RelayToken, sender: str, rcpt: str, raw: bytes, block: HeaderBlock) -> RelayReply:
+def _receive_client_reply(token: RelayToken, sender: str, rcpt: str, raw: bytes, block: HeaderBlock) -> _Outcome:
     automatic = automatic_reason(block, sender)
     if automatic is None or automatic != "our own relayed mail":
         allowed = allowed_client_senders(token)
@@ -336,13 +369,14 @@ def _receive_client_reply(token: RelayToken, sender: str, rcpt: str, raw: bytes,
             return _hold(token, sender, rcpt, raw, f"sender {sender} is not a participant of the thread")
     if automatic == "our own relayed mail":
         return _hold(token, sender, rcpt, raw, automatic)
-    _store_client_reply(token, rcpt, raw, forward=automatic is None)
-    return RelayReply(250, "2.0.0 stored")
+    _, new = _store_client_reply(token, rcpt, raw, forward=automatic is None)
+    return RelayReply(250, "2.0.0 stored"), new
 
 
-def _store_client_reply(token: RelayToken, rcpt: str, raw: bytes, *, forward: bool) -> int:
+def _store_client_reply(token: RelayToken, rcpt: str, raw: bytes, *, forward: bool) -> tuple[int, bool]:
     """Store a client's reply to a relay address (it joins the thread); forward it to the owner when
-    the token says so. Returns the message id."""
+    the token says so. Returns the message id and whether this delivery is new (not a redelivery of
+    the same message to the same address)."""
     summary = summarize_headers(raw)
     res = store_batch(
         team_id=token.team_id, kind="lmtp", mailbox=token.mailbox, direction=Message.Direction.INCOMING,
@@ -356,12 +390,12 @@ def _store_client_reply(token: RelayToken, rcpt: str, raw: bytes, *, forward: bo
                               "mailbox_id": token.mailbox_id})
     if res.new_sources and token.forward_to_owner and forward:
         relay_forward(token=token, message=Message.objects.get(pk=msg_pk), raw=raw)
-    return msg_pk
+    return msg_pk, bool(res.new_sources)
 
 
-def _receive_owner_answer(token: RelayToken, sender: str, rcpt: str, raw: bytes, block: HeaderBlock) -> RelayReply:
+def _receive_owner_answer(token: RelayToken, sender: str, rcpt: str, raw: bytes, block: HeaderBlock) -> _Outcome:
     if sender not in personal_addresses(token.owner):
-        return RelayReply(550, "5.7.1 this relay address accepts mail from its owner only")
+        return RelayReply(550, "5.7.1 this relay address accepts mail from its owner only"), False
     automatic = automatic_reason(block, sender)
     if automatic is not None:
         return _hold(token, sender, rcpt, raw, f"not relayed: {automatic}")
@@ -372,12 +406,13 @@ def _receive_owner_answer(token: RelayToken, sender: str, rcpt: str, raw: bytes,
         return _hold(token, sender, rcpt, raw, "relay rate limit exceeded")
     if token.source_message is None or not token.counterpart:
         return _hold(token, sender, rcpt, raw, "the forwarded message is gone")
-    _relay_owner_answer(token, raw)
-    return RelayReply(250, "2.0.0 relayed")
+    _, created = _relay_owner_answer(token, raw)
+    return RelayReply(250, "2.0.0 relayed"), created
 
 
-def _relay_owner_answer(token: RelayToken, raw: bytes) -> OutboxMessage:
-    """Send the owner's answer to the client from the company mailbox (idempotent per content)."""
+def _relay_owner_answer(token: RelayToken, raw: bytes) -> tuple[OutboxMessage, bool]:
+    """Send the owner's answer to the client from the company mailbox (idempotent per content).
+    Returns the outbox row and whether it is new."""
     from mailroom.outbound.services import ComposeInput, outbox_create
 
     parent = token.source_message
@@ -388,12 +423,12 @@ def _relay_owner_answer(token: RelayToken, raw: bytes) -> OutboxMessage:
         to=(token.counterpart,), text=text, html=html, mode="reply", relay_to_owner=True,
         idempotency_key=f"relay-owner:{token.token_id}:{summary.content_hash}",
     )
-    row, _ = outbox_create(
+    row, created = outbox_create(
         user=None, mailbox=token.mailbox, data=data, parent=parent, origin=OutboxMessage.Origin.RELAY_OWNER,
         created_by=token.owner, extra_headers=[(RELAY_HEADER, relay_header_value("answer"))],
         source_message=parent, extra_attachments=attachments,
     )
-    return row
+    return row, created
 
 
 # --- review of held mail ---------------------------------------------------------------------------
@@ -417,11 +452,11 @@ def relay_hold_release(*, hold: RelayHold, user: Any) -> RelayHold:
         if token.kind == RelayToken.Kind.OWNER:
             if token.source_message is None or not token.counterpart:
                 raise Conflict(f"held relay mail {hold.pk}: the message it answers is gone; it cannot be released")
-            locked.outbox = _relay_owner_answer(token, raw)
+            locked.outbox, _ = _relay_owner_answer(token, raw)
         else:
             block, _ = parse_header_block(raw)
             automatic = automatic_reason(block, locked.mail_from)
-            locked.message_id = _store_client_reply(token, locked.rcpt_to, raw, forward=automatic is None)
+            locked.message_id, _ = _store_client_reply(token, locked.rcpt_to, raw, forward=automatic is None)
         locked.decision, locked.reviewed_at, locked.reviewed_by = RelayHold.Decision.RELEASED, timezone.now(), user
         locked.save(update_fields=["decision", "reviewed_at", "reviewed_by", "message", "outbox"])
     log.info("relay.hold_released", extra={"hold": hold.pk})

@@ -3,9 +3,14 @@
 Postfix delivers ``reply+<token>@<relay domain>`` to it (docs/relay.md). Routing uses the SMTP
 envelope only. Answers:
 
-* RCPT: ``550`` for an unknown, forged or revoked token (nothing stored); ``451`` when rate-limited;
-* DATA: ``250`` only after the raw message (or its hold) is committed; ``451`` on any internal
-  failure, so the sending MTA retries; with LMTP, one reply per accepted recipient.
+* RCPT: ``550`` for an unknown, forged or revoked token (nothing stored); ``451 4.7.1`` when the
+  address's or its team's quota (``outbound.relay_quota``, in the database) is used up for now; after
+  ``MAILROOM_RELAY_MAX_FAILED_RCPTS`` refused addresses in one session, ``421`` and the connection is
+  closed (a prober's failures are his session's, never held against a relay address);
+* RCPT beyond ``MAX_RCPTS_PER_MESSAGE`` of one message: ``452 4.5.3`` (the client sends them later);
+* DATA: ``250`` only after the raw message (or its hold) is committed and counted; ``451`` on any
+  internal failure or a quota used up meanwhile, so the sending MTA retries; with LMTP, one reply per
+  accepted recipient.
 """
 
 from __future__ import annotations
@@ -13,40 +18,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from django.conf import settings
 from django.db import connection
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_SIZE = 50 * 1024 * 1024
-
-
-class RateLimiter:
-    """Sliding window per key (sender, relay address): at most ``limit`` messages per ``window`` s."""
-
-    def __init__(self, limit: int = 30, window: float = 600.0) -> None:
-        self.limit = limit
-        self.window = window
-        self._hits: dict[tuple[str, str], deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: tuple[str, str]) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            q = self._hits.setdefault(key, deque())
-            while q and q[0] < now - self.window:
-                q.popleft()
-            if len(q) >= self.limit:
-                return False
-            q.append(now)
-            return True
+TOO_MANY_FAILED = "421 4.7.0 too many unknown relay addresses in this session, closing connection"
+# Recipients of one message (RFC 5321 4.5.3.1.8: at least 100); the client sends the rest in another.
+MAX_RCPTS_PER_MESSAGE = 100
+TOO_MANY_RCPTS = "452 4.5.3 too many recipients for one message, send the others separately"
+# Attributes the handler keeps on aiosmtpd's Session (one per connection, gone with it).
+_FAILED_RCPTS = "mailroom_failed_rcpts"
+_CLOSE = "mailroom_close"
 
 
 def _db_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -59,25 +49,38 @@ def _db_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         connection.close()
 
 
+def max_failed_rcpts() -> int:
+    return max(0, int(settings.MAILROOM_RELAY_MAX_FAILED_RCPTS))
+
+
 class RelayHandler:
-    def __init__(self, *, lmtp: bool = False, rate_limiter: RateLimiter | None = None) -> None:
+    """Quotas are per relay token and per team, in the database (``outbound.relay_quota``): nothing
+    is kept in this process. Refused recipients count per SMTP session only."""
+
+    def __init__(self, *, lmtp: bool = False) -> None:
         self.lmtp = lmtp
-        self.rate = rate_limiter or RateLimiter()
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
         from mailroom.outbound.relay import relay_check_recipient
 
+        if len(envelope.rcpt_tos) >= MAX_RCPTS_PER_MESSAGE:
+            return TOO_MANY_RCPTS
         try:
             reply = await asyncio.to_thread(_db_call, relay_check_recipient, address)
         except Exception:
             log.exception("relay.rcpt_failed")
             return "451 4.3.0 temporary failure, try again later"
+        if reply.code >= 500:
+            failed = int(getattr(session, _FAILED_RCPTS, 0)) + 1
+            setattr(session, _FAILED_RCPTS, failed)
+            if failed > max_failed_rcpts():
+                log.warning("relay.too_many_failed_rcpts", extra={"peer": str(session.peer), "failed": failed})
+                setattr(session, _CLOSE, True)
+                return TOO_MANY_FAILED
+            return reply.line()
         if reply.code != 250:
             return reply.line()
-        sender = (envelope.mail_from or "").lower()
-        if not self.rate.allow((sender, address.lower())):
-            return "451 4.7.1 too many messages from this sender to this address, try again later"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -114,8 +117,24 @@ class RelayController(Controller):
                          data_size_limit=MAX_MESSAGE_SIZE, enable_SMTPUTF8=True, ready_timeout=10.0)
 
     def factory(self) -> SMTP:
-        cls = LMTP if self.relay_handler.lmtp else SMTP
+        cls = RelayLMTP if self.relay_handler.lmtp else RelaySMTP
         return cls(self.handler, **self.SMTP_kwargs)
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's SMTP server, closing the connection after a ``421`` the handler gave at RCPT."""
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        await super().smtp_RCPT(arg)
+        if getattr(self.session, _CLOSE, False) and self.transport is not None:
+            self.transport.close()  # after the 421 is written (push drains); the loop then ends
+
+
+class RelayLMTP(LMTP):
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        await super().smtp_RCPT(arg)
+        if getattr(self.session, _CLOSE, False) and self.transport is not None:
+            self.transport.close()
 
 
 def start_relay_server(*, host: str = "127.0.0.1", port: int = 2525, lmtp: bool = False) -> RelayController:
