@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.http import HttpRequest, HttpResponse, UnreadablePostError
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
@@ -15,6 +17,7 @@ from ninja.utils import check_csrf
 from mailroom.accounts.services import token_authenticate
 from mailroom.core.crypto import KeyMissingError
 from mailroom.core.errors import MailroomError
+from mailroom.outbound.limits import MAX_TOTAL_ATTACHMENTS, mib
 
 
 class BearerAuth(HttpBearer):
@@ -92,6 +95,33 @@ def _auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
 @api.exception_handler(KeyMissingError)
 def _key_missing(request: HttpRequest, exc: KeyMissingError) -> HttpResponse:
     return api.create_response(request, {"detail": str(exc)}, status=503)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _body_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    limit = int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+    detail = (f"request body too large: at most {limit} bytes ({mib(limit)}) are accepted; a message's "
+              f"attachments may total {mib(MAX_TOTAL_ATTACHMENTS)} before base64")
+    return api.create_response(request, {"detail": detail, "limit": limit}, status=413)
+
+
+@api.exception_handler(TooManyFieldsSent)
+@api.exception_handler(TooManyFilesSent)
+def _too_many_parts(request: HttpRequest, exc: TooManyFieldsSent | TooManyFilesSent) -> HttpResponse:
+    if isinstance(exc, TooManyFilesSent):
+        limit, what = int(settings.DATA_UPLOAD_MAX_NUMBER_FILES), "files"
+    else:
+        limit, what = int(settings.DATA_UPLOAD_MAX_NUMBER_FIELDS), "form fields"
+    return api.create_response(
+        request, {"detail": f"request too large: at most {limit} {what} are accepted", "limit": limit}, status=413
+    )
+
+
+@api.exception_handler(UnreadablePostError)
+def _unreadable_body(request: HttpRequest, exc: UnreadablePostError) -> HttpResponse:
+    return api.create_response(
+        request, {"detail": "request body could not be read completely: send it again"}, status=400
+    )
 
 
 def _register_routers() -> None:
