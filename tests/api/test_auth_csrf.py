@@ -122,3 +122,11 @@ def test_session_post_without_csrf_token_is_403_and_with_it_passes(user: Any) ->
     ok = client.post("/api/v1/deals", data=body, content_type="application/json", HTTP_X_CSRFTOKEN=masked)
     assert ok.status_code == 201, ok.content
     assert list(Deal.objects.values_list("title", flat=True)) == ["D"]
+
+
+@pytest.mark.parametrize("session_key", ["garbage", "", "x" * 4000])
+def test_unknown_session_cookie_is_401_not_csrf(session_key: str) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.cookies["sessionid"] = session_key
+    for method, url in OPERATIONS:
+        _assert_401(_call(client, method, url))
