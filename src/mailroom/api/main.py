@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.http import HttpRequest, HttpResponse, UnreadablePostError
 from ninja import NinjaAPI
-from ninja.errors import AuthenticationError, ValidationError
-from ninja.security import HttpBearer, SessionAuth
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import HttpBearer
+from ninja.security import SessionAuth as NinjaSessionAuth
+from ninja.utils import check_csrf
 
 from mailroom.accounts.services import token_authenticate
 from mailroom.core.crypto import KeyMissingError
 from mailroom.core.errors import MailroomError
+from mailroom.outbound.limits import MAX_TOTAL_ATTACHMENTS, mib
 
 
 class BearerAuth(HttpBearer):
@@ -20,6 +25,34 @@ class BearerAuth(HttpBearer):
         user = token_authenticate(token)
         if user is not None:
             request.user = user
+        return user
+
+
+AUTH_HINT = "authentication required: send 'Authorization: Bearer <token>' (create one with 'mailroom token create USER')"
+CSRF_HINT = (
+    "CSRF check failed: a request signed in with the browser session that changes data must send the "
+    "CSRF token (the X-CSRFToken header with the csrftoken cookie's value); scripts send "
+    "'Authorization: Bearer <token>' instead"
+)
+
+
+class SessionAuth(NinjaSessionAuth):
+    """The Django session of the web UI. Only a request the session signs in is CSRF-checked (it is the
+    one a foreign page could forge with the browser's cookies); a request that carries an Authorization
+    header is a token client's and is answered by the token alone (a wrong token is a 401, not a CSRF
+    failure, even beside a session cookie), and a request without credentials is a plain 401.
+
+    (ninja's ``SessionAuth`` checks CSRF before it looks at the session, so every unauthenticated
+    unsafe request, a wrong Bearer token included, answered ``403 CSRF check Failed``.)"""
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if "authorization" in request.headers:
+            return None
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated:
+            return None
+        if self.csrf and not getattr(request, "_ninja_csrf_exempt", False) and check_csrf(request) is not None:
+            raise HttpError(403, CSRF_HINT)
         return user
 
 
@@ -54,16 +87,41 @@ def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespons
 
 @api.exception_handler(AuthenticationError)
 def _auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    return api.create_response(
-        request,
-        {"detail": "authentication required: send 'Authorization: Bearer <token>' (create one with 'mailroom token create USER')"},
-        status=401,
-    )
+    response = api.create_response(request, {"detail": AUTH_HINT}, status=401)
+    response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
 
 
 @api.exception_handler(KeyMissingError)
 def _key_missing(request: HttpRequest, exc: KeyMissingError) -> HttpResponse:
     return api.create_response(request, {"detail": str(exc)}, status=503)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _body_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    limit = int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+    detail = (f"request body too large: at most {limit} bytes ({mib(limit)}) are accepted; a message's "
+              f"attachments may total {mib(MAX_TOTAL_ATTACHMENTS)} before base64")
+    return api.create_response(request, {"detail": detail, "limit": limit}, status=413)
+
+
+@api.exception_handler(TooManyFieldsSent)
+@api.exception_handler(TooManyFilesSent)
+def _too_many_parts(request: HttpRequest, exc: TooManyFieldsSent | TooManyFilesSent) -> HttpResponse:
+    if isinstance(exc, TooManyFilesSent):
+        limit, what = int(settings.DATA_UPLOAD_MAX_NUMBER_FILES), "files"
+    else:
+        limit, what = int(settings.DATA_UPLOAD_MAX_NUMBER_FIELDS), "form fields"
+    return api.create_response(
+        request, {"detail": f"request too large: at most {limit} {what} are accepted", "limit": limit}, status=413
+    )
+
+
+@api.exception_handler(UnreadablePostError)
+def _unreadable_body(request: HttpRequest, exc: UnreadablePostError) -> HttpResponse:
+    return api.create_response(
+        request, {"detail": "request body could not be read completely: send it again"}, status=400
+    )
 
 
 def _register_routers() -> None:

@@ -13,6 +13,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from mailroom.core.keys import load_secret_key
+from mailroom.outbound.limits import MAX_COMPOSE_REQUEST_BYTES
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("MAILROOM_DATA_DIR", Path.cwd() / ".mailroom")).resolve()
@@ -165,6 +166,11 @@ STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_USE_FINDERS = True  # serve the admin's static files without a collectstatic step
+
+# The largest request body Django reads: what the largest compose the outbox accepts takes (all its
+# attachments as base64 in JSON, outbound/limits.py); Django's 2.5 MB default refused attachments
+# above ~1.9 MB. A larger body is a JSON 413 on the API (api/main.py).
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_COMPOSE_REQUEST_BYTES
 
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"

@@ -54,6 +54,7 @@ from mailroom.ingest.rawstore import IncomingRaw, store_batch
 from mailroom.mailboxes.models import Folder, Mailbox
 from mailroom.outbound import compose
 from mailroom.outbound.compose import Addr, Attachment, Draft, HeaderInjection
+from mailroom.outbound.limits import MAX_TOTAL_ATTACHMENTS, mib
 from mailroom.outbound.models import (
     MailboxRelaySettings,
     OutboxMessage,
@@ -68,7 +69,6 @@ from mailroom.parsing.rawheaders import parse_header_block
 
 log = logging.getLogger(__name__)
 
-MAX_TOTAL_ATTACHMENTS = 25 * 1024 * 1024
 MAX_RECIPIENTS = 100
 
 
@@ -343,17 +343,28 @@ def _signature(user: Any, mailbox: Mailbox) -> Signature | None:
             .first())
 
 
+def _too_many_attachment_bytes(index: int) -> InvalidInput:
+    return InvalidInput(
+        f"attachments: more than {mib(MAX_TOTAL_ATTACHMENTS)} ({MAX_TOTAL_ATTACHMENTS} bytes) in total "
+        f"(attachments[{index}] goes over); send larger files as links",
+        field="attachments",
+    )
+
+
 def _decode_attachments(items: Sequence[AttachmentInput]) -> list[Attachment]:
     out: list[Attachment] = []
     total = 0
     for i, att in enumerate(items):
+        # refused before decoding: base64 of n characters holds at least 3 * (n // 4) - 2 bytes
+        if total + 3 * (len(att.content_b64) // 4) - 2 > MAX_TOTAL_ATTACHMENTS:
+            raise _too_many_attachment_bytes(i)
         try:
             data = base64.b64decode(att.content_b64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput(f"attachments[{i}].content: not valid base64", field=f"attachments[{i}].content") from exc
         total += len(data)
         if total > MAX_TOTAL_ATTACHMENTS:
-            raise InvalidInput("attachments: more than 25 MB in total", field="attachments")
+            raise _too_many_attachment_bytes(i)
         ctype = att.content_type.strip().lower() or "application/octet-stream"
         if "/" not in ctype or any(c in ctype for c in ' ;"'):
             raise InvalidInput(f"attachments[{i}].content_type: {ctype!r} is not a MIME type",
