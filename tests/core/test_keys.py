@@ -46,7 +46,7 @@ def _modes(root: Path) -> dict[str, int]:
 def test_migrate_on_a_fresh_data_dir_creates_everything_owner_only(tmp_path: Path) -> None:
     data = tmp_path / "data"
     res = _mailroom(data, "migrate")
-    assert (res.returncode, res.stdout) == (0, "database is up to date\n"), res.stderr
+    assert res.returncode == 0, res.stderr
     assert _modes(data) == {
         ".": 0o700, "static": 0o700, "mailroom.sqlite3": 0o600, "secret_key": 0o600, "encryption.keys": 0o600,
     }
