@@ -68,7 +68,7 @@ def lockout_response(
     locked out."""
     seconds = math.ceil(cool_off().total_seconds())
     minutes = max(1, math.ceil(seconds / 60))
-    if request.path.startswith("/api/"):
+    if request.path_info.startswith("/api/"):
         response: HttpResponse = JsonResponse(
             {
                 "detail": (
