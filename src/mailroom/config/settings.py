@@ -7,12 +7,13 @@ Production: ``DATABASE_URL=postgres://...``.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from mailroom.core.keys import load_secret_key
+from mailroom.core.keys import create_private_file, load_secret_key, private_dir, tighten, tighten_data_files
 from mailroom.outbound.limits import MAX_COMPOSE_REQUEST_BYTES
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -24,7 +25,6 @@ def _env_bool(name: str, default: bool) -> bool:
     if value is None:
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
-
 
 
 def _env_int(name: str, default: int, *, minimum: int) -> int:
@@ -39,7 +39,11 @@ def _env_int(name: str, default: int, *, minimum: int) -> int:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}")
     return number
 
+
 DEBUG = _env_bool("MAILROOM_DEBUG", False)
+# The data dir holds the database, its WAL, the keys and the raw mail: readable by its owner only
+# (0700, files 0600), created so and narrowed at start-up where an older version left them wider.
+private_dir(DATA_DIR)
 SECRET_KEY = load_secret_key(DATA_DIR)
 ALLOWED_HOSTS = [h for h in os.environ.get("MAILROOM_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("MAILROOM_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
@@ -47,6 +51,9 @@ CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("MAILROOM_CSRF_TRUSTED_ORIGINS
 # Served over https (directly or behind a proxy that sets X-Forwarded-Proto): secure cookies, HSTS, a
 # redirect from http, and start-up checks (core/checks.py) that refuse an unsafe deployment.
 MAILROOM_HTTPS = _env_bool("MAILROOM_HTTPS", False)
+# Behind a reverse proxy: X-Forwarded-Proto says https, and the client's address (for login
+# throttling) is the last one the proxy added to X-Forwarded-For. Off: both headers are ignored.
+MAILROOM_BEHIND_PROXY = _env_bool("MAILROOM_BEHIND_PROXY", False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
@@ -57,7 +64,7 @@ if MAILROOM_HTTPS:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("MAILROOM_HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = _env_bool("MAILROOM_HSTS_PRELOAD", True)
     SECURE_SSL_REDIRECT = _env_bool("MAILROOM_SSL_REDIRECT", True)
-    if _env_bool("MAILROOM_BEHIND_PROXY", False):
+    if MAILROOM_BEHIND_PROXY:
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
@@ -67,6 +74,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "ninja",  # its templates and static files: the API docs page is served from here, not a CDN
+    "axes",
     "mailroom.core",
     "mailroom.accounts",
     "mailroom.crm",
@@ -88,7 +97,26 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lock-out into its answer (mailroom.web.lockout)
 ]
+
+# Password logins (the web login, the admin, any API login calling authenticate(request=...)) are
+# throttled by django-axes: 5 failures for one user name from one address lock that pair out for
+# 15 minutes (the right password too); a success resets the count. Attempts live in the database.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "mailroom.web.lockout.client_ip"
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_USERNAME_CALLABLE = "mailroom.web.lockout.client_username"
+AXES_LOCKOUT_CALLABLE = "mailroom.web.lockout.lockout_response"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "mailroom.config.urls"
 WSGI_APPLICATION = "mailroom.config.wsgi.application"
@@ -148,6 +176,14 @@ MAILROOM_RAW_STORE = os.environ.get("MAILROOM_RAW_STORE", "files" if _SQLITE els
 if MAILROOM_RAW_STORE not in ("files", "database"):
     raise ImproperlyConfigured(f"MAILROOM_RAW_STORE must be files or database, not {MAILROOM_RAW_STORE!r}")
 MAILROOM_BLOB_DIR = Path(os.environ.get("MAILROOM_BLOB_DIR", DATA_DIR / "blobs")).resolve()
+if _SQLITE and DATABASES["default"]["NAME"] not in ("", ":memory:") and "mode=memory" not in str(DATABASES["default"]["NAME"]):
+    # Created here with mode 0600 before SQLite opens it: SQLite gives the -wal and -shm files the
+    # database file's mode (a file SQLite created itself would be 0644 under the usual umask).
+    _db_path = Path(DATABASES["default"]["NAME"])
+    _db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    create_private_file(_db_path)
+    for _suffix in ("", "-wal", "-shm"):
+        tighten(Path(f"{_db_path}{_suffix}"), 0o600)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -164,7 +200,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+STATIC_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
+tighten_data_files([DATA_DIR, STATIC_ROOT, MAILROOM_BLOB_DIR])
 WHITENOISE_USE_FINDERS = True  # serve the admin's static files without a collectstatic step
 
 # The largest request body Django reads: what the largest compose the outbox accepts takes (all its

@@ -41,7 +41,7 @@ class _Writer:
     def _open_segment(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.name = f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(6)}.seg"
         self.fd = os.open(self.directory / self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         self.size = 0

@@ -166,6 +166,10 @@ def _demo(args: argparse.Namespace) -> int:
     from mailroom.core.demo import demo_setup
 
     banner = prepare()
+    if os.geteuid() == 0:
+        # Dovecot's mail processes (uid 'mail') must traverse the data dir to the demo's mail: others
+        # may pass through (0711), not list it; its files stay 0600. 'mailroom serve' narrows it again.
+        os.chmod(settings.DATA_DIR, 0o711)  # noqa: S103 - traversal only, for the demo's Dovecot
     try:
         info = demo_setup(settings.DATA_DIR / "demo")
     except RuntimeError as exc:

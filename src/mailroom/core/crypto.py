@@ -17,6 +17,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
 
+from mailroom.core.keys import write_private_file
+
 PREFIX = "mr1"
 
 
@@ -67,15 +69,8 @@ def ensure_key_file() -> bool:
     """Create the key file on a fresh install. Returns True when a key was created."""
     if settings.MAILROOM_ENCRYPTION_KEYS or key_file().exists():
         return False
-    path = key_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as fh:
-        fh.write(generate_key_spec() + "\n")
-    return True
+    # Mode 0600 from its creation, and under its name only whole: a reader never sees half a key.
+    return write_private_file(key_file(), generate_key_spec() + "\n")
 
 
 _cache: dict[str, Keyring] = {}
