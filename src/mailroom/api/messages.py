@@ -16,6 +16,7 @@ from mailroom.accounts.access import access_mailbox_for_user
 from mailroom.api.params import MAX_DB_ID, MAX_LIMIT
 from mailroom.conversations.access import access_message_for_user, messages_for_user
 from mailroom.conversations.models import Attachment, Message, Source, message_body
+from mailroom.conversations.selectors import message_warnings
 from mailroom.core.errors import InvalidInput, NotFound
 from mailroom.parsing.attachments import content_disposition
 
@@ -63,7 +64,15 @@ class MessageSummary(Schema):
     is_bulk: bool
 
 
+class WarningOut(Schema):
+    code: str = Field(description="unverified, unauthenticated, suspicious or reply_to_differs")
+    message: str
+
+
 class MessageDetail(MessageSummary):
+    warnings: list[WarningOut] = Field(
+        description="who sent it: what the reader must know (show above the message)"
+    )
     in_reply_to: list[str]
     references: list[str]
     to: list[AddressOut]
@@ -173,6 +182,7 @@ def get_message(request: HttpRequest, message_id: int) -> dict[str, Any]:
     body = message_body(m.pk)
     return {
         **_summary(m),
+        "warnings": [{"code": w.code, "message": w.message} for w in message_warnings(m, parts)],
         "in_reply_to": m.in_reply_to, "references": m.references,
         "to": [a for a in addr if a["role"] == "to"], "cc": [a for a in addr if a["role"] == "cc"],
         "participants": addr, "text": body.text, "reply_text": body.reply_text, "html": body.html,

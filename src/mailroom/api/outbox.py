@@ -49,6 +49,11 @@ class OutboxIn(Schema):
     signature: bool = True
     relay_to_owner: bool | None = None
     deal: int | None = None
+    reply_to_choice: Literal["from", "reply_to"] | None = Field(
+        None,
+        description="replying to a message that is not authenticated and whose Reply-To differs from its "
+        "From (the message's warnings say reply_to_differs): answer its From or its Reply-To",
+    )
 
 
 class OutboxOut(Schema):
@@ -110,7 +115,7 @@ def outbox_compose(request: HttpRequest, payload: OutboxIn) -> tuple[int, dict[s
         attachments=tuple(AttachmentInput(a.filename, a.content_type, a.content, a.inline, a.content_id)
                           for a in payload.attachments),
         send_at=payload.send_at, idempotency_key=payload.idempotency_key, signature=payload.signature,
-        relay_to_owner=payload.relay_to_owner, deal=payload.deal,
+        relay_to_owner=payload.relay_to_owner, deal=payload.deal, reply_to_choice=payload.reply_to_choice,
     )
     row, created = outbox_create(user=request.user, mailbox=mailbox, data=data)
     return (201 if created else 200), _out(row)

@@ -244,3 +244,68 @@ def thread_messages(*, thread: Thread, limit: int = 500) -> list[ThreadMessage]:
         )
         for r in rows
     ]
+
+
+# --- who sent it: what a reader is warned of ---------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MessageWarning:
+    code: str  # "unverified", "unauthenticated", "suspicious", "reply_to_differs"
+    message: str
+
+
+def _authenticated(message: Message) -> bool:
+    from mailroom.routing.rules import AuthVerdict
+
+    return AuthVerdict.from_json(message.auth).authenticates(message.from_address)[0]
+
+
+def reply_to_risk(message: Message, participants: list[Participant] | None = None) -> tuple[list[str], str] | None:
+    """(Reply-To addresses, From) when an incoming message that is not authenticated asks for
+    replies to go elsewhere than its From: anyone can write a client's From and his own Reply-To,
+    so a reply from the CRM to it needs the user's explicit choice. None otherwise."""
+    if message.direction == Message.Direction.OUTGOING:
+        return None
+    flags = set(((message.routing or {}).get("thread") or {}).get("flags") or ())
+    if _authenticated(message) and not flags & {"unverified", "suspicious"}:
+        return None
+    parts = participants if participants is not None else list(message.participants.all())
+    from mailroom.routing.addresses import canonical_address
+
+    sender = canonical_address(message.from_address) if message.from_address else ""
+    reply_to = [p.address for p in parts if p.role == Participant.Role.REPLY_TO]
+    if not reply_to or all(canonical_address(a) == sender for a in reply_to):
+        return None
+    return reply_to, message.from_address
+
+
+def message_warnings(message: Message, participants: list[Participant] | None = None) -> list[MessageWarning]:
+    """What the reader of this message must know about who sent it (shown above the message)."""
+    out: list[MessageWarning] = []
+    flags = set(((message.routing or {}).get("thread") or {}).get("flags") or ())
+    if "suspicious" in flags:
+        out.append(MessageWarning(
+            "suspicious",
+            f"From {message.from_address} is one of our own addresses, but the message is not authenticated "
+            "and was not found in a Sent folder",
+        ))
+    if "unverified" in flags:
+        out.append(MessageWarning(
+            "unverified",
+            f"held for review: nothing shows that {message.from_address or 'the sender'} sent it "
+            "(no DKIM/DMARC pass, and it answers none of our messages to them)",
+        ))
+    elif "unauthenticated" in flags:
+        out.append(MessageWarning(
+            "unauthenticated",
+            f"{message.from_address} is not authenticated (no DKIM/DMARC pass); it is in this thread because "
+            "it answers our own message to them",
+        ))
+    risk = reply_to_risk(message, participants)
+    if risk is not None:
+        reply_to, sender = risk
+        out.append(MessageWarning(
+            "reply_to_differs",
+            f"Reply-To {', '.join(reply_to)} differs from From {sender} and the sender is not authenticated: "
+            "a reply must choose one (reply_to_choice: from or reply_to)",
+        ))
+    return out

@@ -141,6 +141,8 @@ class ComposeInput:
     relay_to_owner: bool | None = None  # per send: forward replies to the owner's personal address
     deal: int | None = None  # template variables / relay owner
     auto_submitted: str = ""  # "auto-replied" for automatic answers
+    # Replying to an unauthenticated message whose Reply-To differs from its From: "from" or "reply_to".
+    reply_to_choice: str | None = None
 
     def request_hash(self, mailbox_id: int) -> str:
         data = {
@@ -152,6 +154,8 @@ class ComposeInput:
             "send_at": None, "idempotency_key": None, "signature": self.signature,
             "relay_to_owner": self.relay_to_owner, "deal": self.deal, "auto_submitted": self.auto_submitted,
         }
+        if self.reply_to_choice is not None:  # absent from requests hashed before it existed
+            data["reply_to_choice"] = self.reply_to_choice
         data["mailbox"] = mailbox_id
         data["send_at"] = self.send_at.isoformat() if self.send_at else None
         blob = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
@@ -181,6 +185,8 @@ def check_header_fields(data: ComposeInput) -> None:
     for name in ("text", "html"):
         if "\0" in getattr(data, name):
             raise InvalidInput(f"{name}: NUL is not allowed", field=name)
+    if data.reply_to_choice not in (None, "from", "reply_to"):
+        raise InvalidInput("reply_to_choice: must be from or reply_to", field="reply_to_choice")
     if data.auto_submitted not in ("", "auto-replied", "auto-generated"):
         raise InvalidInput("auto_submitted: must be auto-replied or auto-generated", field="auto_submitted")
 
@@ -251,6 +257,26 @@ def parent_info(msg: Message) -> ParentInfo:
         text=message_body(msg.pk).text or _text_of(raw),
         raw=raw,
     )
+
+
+def _reply_to_chosen(parent: Message, pinfo: ParentInfo, choice: str | None) -> tuple[Addr, ...]:
+    """Whom a reply goes to when the parent has a Reply-To. An unauthenticated parent whose Reply-To
+    differs from its From (anyone can write both) needs the user's explicit choice."""
+    from mailroom.conversations.selectors import reply_to_risk
+
+    if choice == "from":
+        return pinfo.from_
+    if choice == "reply_to":
+        return pinfo.reply_to
+    risk = reply_to_risk(parent)
+    if risk is not None:
+        reply_to, sender = risk
+        raise InvalidInput(
+            f"reply_to_choice: the message answered is not authenticated and its Reply-To "
+            f"({', '.join(reply_to)}) differs from its From ({sender}): choose from or reply_to",
+            field="reply_to_choice",
+        )
+    return pinfo.reply_to
 
 
 def html_to_text(value: str) -> str:
@@ -428,7 +454,10 @@ def outbox_create(
     if pinfo is not None and not (to or cc or bcc):
         parent_is_ours = bool(pinfo.from_) and pinfo.from_[0].address.lower() in own
         if data.mode in (OutboxMessage.Mode.REPLY, OutboxMessage.Mode.REPLY_ALL):
-            to = list(pinfo.to) if parent_is_ours else list(pinfo.reply_to or pinfo.from_)
+            answer_to = pinfo.reply_to or pinfo.from_
+            if not parent_is_ours and parent is not None and pinfo.reply_to:
+                answer_to = _reply_to_chosen(parent, pinfo, data.reply_to_choice)
+            to = list(pinfo.to) if parent_is_ours else list(answer_to)
             to = not_own(to)
             if data.mode == OutboxMessage.Mode.REPLY_ALL:
                 seen = {a.address for a in to}
