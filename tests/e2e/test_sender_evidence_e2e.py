@@ -9,7 +9,6 @@ message (the decision for providers without DKIM), join the real thread."""
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,10 +17,9 @@ from typing import Any
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from django.test import Client
 from tests.ingest.helpers import mailbox_for
+from tests.parsing.test_authn import make_key
 
 from mailroom.conversations.models import Message, Participant, Thread
 from mailroom.conversations.pipeline import drain
@@ -35,15 +33,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.e2e]
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
-def _key() -> tuple[bytes, bytes]:
-    k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    priv = k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                           serialization.NoEncryption())
-    pub = k.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return priv, b"v=DKIM1; k=rsa; p=" + base64.b64encode(pub)
-
-
-ACME, EVIL = _key(), _key()
+ACME, EVIL = make_key(), make_key()
 
 
 @pytest.fixture

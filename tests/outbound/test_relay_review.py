@@ -96,3 +96,39 @@ def test_a_released_owner_answer_goes_to_the_client(
     assert out.to == ["client@client.test"] and out.created_by == owner
     raw = bytes(out.raw)
     assert b"From: Acme Sales <manager@company.test>" in raw and b"Deal: 10% off." in raw and b"personal.test" not in raw
+
+
+def test_an_owner_answer_signed_by_his_domain_is_relayed_on_our_own_dkim_check(
+    relay_on: None, sink_mailbox: Any, team: Any, user: Any, settings: Any
+) -> None:
+    """No trusted Authentication-Results: Mailroom verifies the signature itself (the key from a DNS
+    server on loopback); the same answer signed by another domain is held."""
+    import dkim
+
+    from mailroom.testing.dns import loopback_dns
+    from tests.parsing.test_authn import make_key
+
+    priv, record = make_key()
+    owner: Any = UserFactory(team=team, email="owner@company.test")
+    PersonalAddress.objects.create(user=owner, address="owner@personal.test")
+    row = sent_offer(owner, sink_mailbox, relay_to_owner=True)
+    addr = relay_address(row.relay_token.token)  # type: ignore[union-attr]
+    relay_receive(mail_from="client@client.test", rcpt=addr, raw=reply_mail(addr, in_reply_to=row.message_id))
+    owner_addr = relay_address(RelayToken.objects.get(kind="owner").token)
+
+    def answer(mid: str, domain: bytes) -> bytes:
+        raw = (
+            f"From: Owner <owner@personal.test>\r\nTo: {owner_addr}\r\nSubject: Re: Hello\r\n"
+            f"Message-ID: <{mid}@personal.test>\r\nDate: Sat, 01 Mar 2025 11:00:00 +0000\r\n\r\nDeal: 10% off.\r\n"
+        ).encode()
+        return dkim.sign(raw, b"sel", domain, priv, include_headers=[b"from", b"to", b"subject", b"message-id"]) + raw
+
+    with loopback_dns({"sel._domainkey.personal.test": [record], "sel._domainkey.other.test": [record]}) as dns:
+        settings.MAILROOM_DKIM_VERIFY = True
+        settings.MAILROOM_DNS_SERVERS = [dns.server]
+        other = relay_receive(mail_from="owner@personal.test", rcpt=owner_addr, raw=answer("a0", b"other.test"))
+        signed = relay_receive(mail_from="owner@personal.test", rcpt=owner_addr, raw=answer("a1", b"personal.test"))
+    assert "held" in other.text
+    assert RelayHold.objects.get().reason == "sender authentication (DKIM/SPF) did not pass"
+    assert (signed.code, signed.text) == (250, "2.0.0 relayed")
+    assert OutboxMessage.objects.get(origin="relay_owner").to == ["client@client.test"]

@@ -15,6 +15,11 @@ from .helpers import message
 
 @pytest.fixture(scope="module")
 def key() -> tuple[bytes, bytes]:
+    return make_key()
+
+
+def make_key() -> tuple[bytes, bytes]:
+    """An RSA key: (private PEM, the DKIM TXT record of its public half)."""
     k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     priv = k.private_bytes(
         serialization.Encoding.PEM,

@@ -174,12 +174,22 @@ def automatic_reason(block: HeaderBlock, mail_from: str) -> str | None:
     return None
 
 
-def auth_verdict(block: HeaderBlock, sender: str) -> bool:
-    """True when a trusted Authentication-Results says DKIM (d= the sender's domain) or SPF
-    (smtp.mailfrom in the sender's domain) passed. Trusted: authserv-id in MAILROOM_TRUSTED_AUTHSERV_IDS
-    (the receiving MTA must strip incoming headers with its own id, RFC 8601 section 5)."""
+def auth_verdict(block: HeaderBlock, sender: str, raw: bytes = b"") -> bool:
+    """True when Mailroom's own DKIM check finds a valid signature aligned with the sender's domain
+    (``MAILROOM_DKIM_VERIFY``), or a trusted Authentication-Results says DKIM (d= the sender's domain)
+    or SPF (smtp.mailfrom in the sender's domain) passed. Trusted: authserv-id in
+    MAILROOM_TRUSTED_AUTHSERV_IDS (the receiving MTA must strip incoming headers with its own id,
+    RFC 8601 section 5)."""
     if not getattr(settings, "MAILROOM_RELAY_REQUIRE_AUTH", True):
         return True
+    if raw and settings.MAILROOM_DKIM_VERIFY:
+        from mailroom.parsing.authn import aligned, verify_dkim_signatures
+        from mailroom.parsing.dns import resolver_for
+
+        dnsfunc = resolver_for(settings.MAILROOM_DNS_SERVERS, settings.MAILROOM_DNS_TIMEOUT)
+        _, valid = verify_dkim_signatures(raw, dnsfunc)
+        if any(aligned(d, sender.lower().rpartition("@")[2]) for d in valid):
+            return True
     trusted = {t.lower() for t in settings.MAILROOM_TRUSTED_AUTHSERV_IDS}
     domain = sender.lower().rpartition("@")[2]
     for value in block.get_all("authentication-results"):
@@ -399,7 +409,7 @@ def _receive_owner_answer(token: RelayToken, sender: str, rcpt: str, raw: bytes,
     automatic = automatic_reason(block, sender)
     if automatic is not None:
         return _hold(token, sender, rcpt, raw, f"not relayed: {automatic}")
-    if not auth_verdict(block, sender):
+    if not auth_verdict(block, sender, raw):
         return _hold(token, sender, rcpt, raw, "sender authentication (DKIM/SPF) did not pass")
     thread_id = token_thread_id(token)
     if _rate_exceeded(thread_id=thread_id, token=token):
