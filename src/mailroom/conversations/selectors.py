@@ -11,6 +11,7 @@ from django.db.models import Q, QuerySet
 
 from mailroom.conversations.models import Message, MessageContact, Participant, Source, Thread
 from mailroom.core.errors import InvalidInput
+from mailroom.parsing.headers import trim_references
 from mailroom.routing.tree import Node, TreeMessage, thread_references
 
 MAX_LIMIT = 200
@@ -204,28 +205,28 @@ def thread_messages(*, thread: Thread, limit: int = 500) -> list[ThreadMessage]:
     ):
         boxes.setdefault(mid, set()).add(box)
     parents: dict[int, int | None] = {}
-
-    def walk(node: Node, parent: int | None) -> None:
-        key = node.key
-        if key is not None:
-            parents[key] = parent
-        for c in node.children:
-            walk(c, key if key is not None else parent)
-
-    for root in thread_references(
+    roots = thread_references(
         [
             TreeMessage(
                 key=r["id"],
                 message_id=r["message_id"],
-                references=tuple(r["references"] or ()),
-                in_reply_to=tuple(r["in_reply_to"] or ()),
+                references=trim_references(r["references"] or ()),  # rows stored before the cap
+                in_reply_to=tuple(r["in_reply_to"] or ())[:1],
                 subject="",
                 date=r["date"],
             )
             for r in rows
         ]
-    ):
-        walk(root, None)
+    )
+    # Iterative: a reply chain is as deep as its senders make it (a recursive walk was a 500).
+    stack: list[tuple[Node, int | None]] = [(root, None) for root in reversed(roots)]
+    while stack:
+        node, parent = stack.pop()
+        key = node.key
+        if key is not None:
+            parents[key] = parent
+        below = key if key is not None else parent
+        stack.extend((c, below) for c in reversed(node.children))
     return [
         ThreadMessage(
             id=r["id"],
