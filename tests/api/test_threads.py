@@ -274,3 +274,39 @@ def test_thread_view_of_a_2000_deep_reply_chain(api_client: Client, team: Any) -
     assert [(m["id"], m["message_id"], m["parent"]) for m in body["messages"]] == [
         (pk, chain[i], pks[i - 1] if i else None) for i, pk in enumerate(pks)
     ]
+
+
+def test_thread_view_of_a_message_with_1000_references(api_client: Client, team: Any) -> None:
+    """The reported case: ~1,000 References ids, a chain of that many missing parents, made the thread
+    view a permanent 500. Stored before the cap, they are read trimmed; received now, stored trimmed."""
+    from tests.factories import MessageFactory
+
+    box = MailboxFactory(team=team, email="manager0@company.test")
+    refs = [f"old{i}@client.test" for i in range(1000)]
+    root = ingest(team, box, raw_email(mid="old0@client.test", frm="anna@client.test", subject="Long", date=T0))[0]
+    legacy = MessageFactory(  # as stored before the cap
+        team=team, thread_id=root.thread_id, message_id="legacy@client.test", date=T0 + timedelta(hours=1),
+        in_reply_to=["old999@client.test"], references=refs, state=Message.State.LINKED,
+    )
+    resp = api_client.get(f"/api/v1/threads/{root.thread_id}")
+    assert resp.status_code == 200, resp.content[:500]
+    assert [(m["id"], m["parent"]) for m in resp.json()["messages"]] == [(root.pk, None), (legacy.pk, root.pk)]
+
+    reply = ingest(
+        team,
+        box,
+        raw_email(
+            mid="new@client.test", frm="anna@client.test", subject="Re: Long", date=T0 + timedelta(hours=2),
+            irt="legacy@client.test", refs=[*refs, "legacy@client.test"],
+        ),
+    )[0]
+    reply.refresh_from_db()
+    assert reply.thread_id == root.thread_id
+    assert reply.references == ["old0@client.test", *refs[-18:], "legacy@client.test"]
+    resp = api_client.get(f"/api/v1/threads/{root.thread_id}")
+    assert resp.status_code == 200, resp.content[:500]
+    assert [(m["id"], m["parent"]) for m in resp.json()["messages"]] == [
+        (root.pk, None),
+        (legacy.pk, root.pk),
+        (reply.pk, legacy.pk),
+    ]
