@@ -292,12 +292,14 @@ def test_thread_view_of_a_message_with_1000_references(api_client: Client, team:
     assert resp.status_code == 200, resp.content[:500]
     assert [(m["id"], m["parent"]) for m in resp.json()["messages"]] == [(root.pk, None), (legacy.pk, root.pk)]
 
-    reply = ingest(
+    reply = ingest(  # our own answer (a Sent copy), so that it joins the thread by its references
         team,
         box,
-        raw_email(
-            mid="new@client.test", frm="anna@client.test", subject="Re: Long", date=T0 + timedelta(hours=2),
-            irt="legacy@client.test", refs=[*refs, "legacy@client.test"],
+        sent(
+            raw_email(
+                mid="new@company.test", frm="manager0@company.test", to="anna@client.test", subject="Re: Long",
+                date=T0 + timedelta(hours=2), irt="legacy@client.test", refs=[*refs, "legacy@client.test"],
+            )
         ),
     )[0]
     reply.refresh_from_db()
