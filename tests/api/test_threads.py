@@ -243,3 +243,72 @@ def test_set_deal_sticks(api_client: Client, world: dict[str, Any]) -> None:
     assert (r.status_code, r.json()["deal"], r.json()["deal_source"]) == (200, world["deal"].pk, "user")
     r = _post(api_client, f"/api/v1/threads/{world['alpha'].pk}/deal", {"deal_id": None}, "put")
     assert (r.json()["deal"], r.json()["deal_source"]) == (None, "user")
+
+
+def test_thread_view_of_a_2000_deep_reply_chain(api_client: Client, team: Any) -> None:
+    """Each message replies to the one before (a recursive tree pruning made this a permanent 500)."""
+    from mailroom.parsing.headers import trim_references
+    from tests.factories import MessageFactory, ThreadFactory
+
+    depth = 2000
+    thread = ThreadFactory(team=team, message_count=depth)
+    chain = [f"deep{i}@client.test" for i in range(depth)]
+    Message.objects.bulk_create(
+        MessageFactory.build(
+            team=team,
+            thread=thread,
+            message_id=mid,
+            date=T0 + timedelta(minutes=i),
+            in_reply_to=chain[i - 1 : i],
+            references=list(trim_references(chain[:i])),
+            state=Message.State.LINKED,
+        )
+        for i, mid in enumerate(chain)
+    )
+    pks = list(Message.objects.filter(thread=thread).order_by("date").values_list("pk", flat=True))
+    assert len(pks) == depth
+    resp = api_client.get(f"/api/v1/threads/{thread.pk}")
+    assert resp.status_code == 200, resp.content[:500]
+    body = resp.json()
+    assert body["message_count"] == depth
+    assert [(m["id"], m["message_id"], m["parent"]) for m in body["messages"]] == [
+        (pk, chain[i], pks[i - 1] if i else None) for i, pk in enumerate(pks)
+    ]
+
+
+def test_thread_view_of_a_message_with_1000_references(api_client: Client, team: Any) -> None:
+    """The reported case: ~1,000 References ids, a chain of that many missing parents, made the thread
+    view a permanent 500. Stored before the cap, they are read trimmed; received now, stored trimmed."""
+    from tests.factories import MessageFactory
+
+    box = MailboxFactory(team=team, email="manager0@company.test")
+    refs = [f"old{i}@client.test" for i in range(1000)]
+    root = ingest(team, box, raw_email(mid="old0@client.test", frm="anna@client.test", subject="Long", date=T0))[0]
+    legacy = MessageFactory(  # as stored before the cap
+        team=team, thread_id=root.thread_id, message_id="legacy@client.test", date=T0 + timedelta(hours=1),
+        in_reply_to=["old999@client.test"], references=refs, state=Message.State.LINKED,
+    )
+    resp = api_client.get(f"/api/v1/threads/{root.thread_id}")
+    assert resp.status_code == 200, resp.content[:500]
+    assert [(m["id"], m["parent"]) for m in resp.json()["messages"]] == [(root.pk, None), (legacy.pk, root.pk)]
+
+    reply = ingest(  # our own answer (a Sent copy), so that it joins the thread by its references
+        team,
+        box,
+        sent(
+            raw_email(
+                mid="new@company.test", frm="manager0@company.test", to="anna@client.test", subject="Re: Long",
+                date=T0 + timedelta(hours=2), irt="legacy@client.test", refs=[*refs, "legacy@client.test"],
+            )
+        ),
+    )[0]
+    reply.refresh_from_db()
+    assert reply.thread_id == root.thread_id
+    assert reply.references == ["old0@client.test", *refs[-18:], "legacy@client.test"]
+    resp = api_client.get(f"/api/v1/threads/{root.thread_id}")
+    assert resp.status_code == 200, resp.content[:500]
+    assert [(m["id"], m["parent"]) for m in resp.json()["messages"]] == [
+        (root.pk, None),
+        (legacy.pk, root.pk),
+        (reply.pk, legacy.pk),
+    ]

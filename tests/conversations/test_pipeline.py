@@ -106,3 +106,23 @@ def test_a_message_that_keeps_a_parser_stuck_is_quarantined_after_three_tries_an
         assert pipeline.parse_pending() == 0  # out of the way
     finally:
         pool.shutdown()
+
+
+def test_a_5000_id_references_chain_is_stored_trimmed_to_first_and_last(team: Any) -> None:
+    from datetime import UTC, datetime
+
+    from mailroom.parsing.headers import MAX_REFERENCES
+    from tests.conversations.mail import ingest, raw_email
+    from tests.factories import MailboxFactory
+
+    refs = [f"r{i}@client.test" for i in range(5000)]
+    raw = raw_email(
+        mid="long@client.test", frm="anna@client.test", subject="Re: x",
+        date=datetime(2025, 6, 1, tzinfo=UTC), irt="r4999@client.test", refs=refs,
+    )
+    (msg,) = ingest(team, MailboxFactory(team=team), raw)
+    msg.refresh_from_db()
+    assert msg.state == Message.State.LINKED
+    assert len(msg.references) == MAX_REFERENCES == 20
+    assert msg.references == ["r0@client.test", *refs[-(MAX_REFERENCES - 1):]]
+    assert msg.in_reply_to == ["r4999@client.test"]

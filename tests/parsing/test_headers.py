@@ -12,12 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailroom.parsing.headers import (
+    MAX_REFERENCES,
     Address,
     _fast_pairs,
     msgid_list,
     parse_addresses,
     parse_one_address,
     summarize_headers,
+    trim_references,
 )
 from mailroom.parsing.rawheaders import parse_header_block
 
@@ -150,3 +152,34 @@ def test_any_header_bytes_give_storable_ids(value: bytes) -> None:
     for i in msgid_list(block.get("references")):
         i.encode("utf-8")
         assert "\x00" not in i
+
+
+def _long_chain_message(count: int) -> bytes:
+    ids = "\r\n ".join(f"<r{i}@client.test>" for i in range(count))  # folded, as clients write it
+    return (
+        "Message-ID: <long@client.test>\r\nFrom: a@client.test\r\nSubject: Re: x\r\n"
+        f"In-Reply-To: {ids}\r\nReferences: {ids}\r\n\r\nbody\r\n"
+    ).encode()
+
+
+# RFC 5322 3.6.4: the first id (the thread's root) and the last MAX_REFERENCES - 1 (the nearest parents).
+TRIMMED = ("r0@client.test", *(f"r{i}@client.test" for i in range(5000 - MAX_REFERENCES + 1, 5000)))
+
+
+def test_a_5000_id_references_chain_is_stored_trimmed_to_first_and_last() -> None:
+    assert MAX_REFERENCES == 20 and len(TRIMMED) == MAX_REFERENCES
+    s = summarize_headers(_long_chain_message(5000))
+    assert s.references == TRIMMED
+    assert s.in_reply_to == TRIMMED
+    assert s.message_id == "long@client.test"
+
+
+def test_a_short_references_chain_is_kept_whole() -> None:
+    s = summarize_headers(_long_chain_message(MAX_REFERENCES))
+    assert s.references == tuple(f"r{i}@client.test" for i in range(MAX_REFERENCES))
+
+
+def test_trim_references_dedupes_before_counting() -> None:
+    refs = ["a@x", "", "b@x", "a@x", *(f"c{i}@x" for i in range(30)), "b@x"]
+    assert trim_references(refs) == ("a@x", *(f"c{i}@x" for i in range(11, 30)))
+    assert trim_references(["a@x", "b@x", "a@x"]) == ("a@x", "b@x")

@@ -505,3 +505,19 @@ def test_base64_size_of_malformed_input_is_what_decoding_gives(data: bytes) -> N
     from mailroom.parsing.mime import _b64_size, _b64decode
 
     assert _b64_size(data) == len(_b64decode(data))
+
+
+def test_a_5000_id_references_chain_is_parsed_trimmed_to_first_and_last() -> None:
+    from mailroom.parsing.headers import MAX_REFERENCES
+
+    ids = "\r\n ".join(f"<r{i}@client.test>" for i in range(5000))
+    raw = (
+        "Message-ID: <long@client.test>\r\nFrom: a@client.test\r\nSubject: Re: x\r\n"
+        f"In-Reply-To: {ids}\r\nReferences: {ids}\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+    ).encode()
+    p = parse_message(raw)
+    trimmed = ("r0@client.test", *(f"r{i}@client.test" for i in range(5000 - MAX_REFERENCES + 1, 5000)))
+    assert len(trimmed) == MAX_REFERENCES == 20
+    assert p.references == trimmed
+    assert p.in_reply_to == trimmed
+    assert p.message_id == "long@client.test"

@@ -11,9 +11,14 @@ from django.db.models import Q, QuerySet
 
 from mailroom.conversations.models import Message, MessageContact, Participant, Source, Thread
 from mailroom.core.errors import InvalidInput
+from mailroom.parsing.headers import trim_references
 from mailroom.routing.tree import Node, TreeMessage, thread_references
 
 MAX_LIMIT = 200
+# The thread view lists a thread's messages at once; a thread longer than this shows its first ones
+# (``message_count`` says how many there are). The reply tree is built without recursion, in about
+# linear time, so this bounds the answer's size, not the work per message.
+MAX_THREAD_MESSAGES = 5_000
 
 
 def encode_cursor(date: datetime | None, pk: int) -> str:
@@ -170,12 +175,11 @@ class ThreadMessage:
     routing: dict[str, Any] | None
 
 
-def thread_messages(*, thread: Thread, limit: int = 500) -> list[ThreadMessage]:
+def thread_messages(*, thread: Thread, limit: int = MAX_THREAD_MESSAGES) -> list[ThreadMessage]:
     """A thread's messages in date order, with the reply tree."""
+    shown = Message.objects.filter(thread=thread).order_by("date", "id")
     rows = list(
-        Message.objects.filter(thread=thread)
-        .order_by("date", "id")
-        .values(
+        shown.values(
             "id",
             "message_id",
             "date",
@@ -189,43 +193,44 @@ def thread_messages(*, thread: Thread, limit: int = 500) -> list[ThreadMessage]:
             "routing",
         )[:limit]
     )
-    ids = [r["id"] for r in rows]
+    # The same messages as a subquery: thousands of ids as parameters are past SQLite's limit.
+    shown_ids = shown.values("id")[:limit]
     to: dict[int, list[str]] = {}
     cc: dict[int, list[str]] = {}
     for mid, role, addr in (
-        Participant.objects.filter(message_id__in=ids, role__in=("to", "cc"))
+        Participant.objects.filter(message_id__in=shown_ids, role__in=("to", "cc"))
         .order_by("id")
         .values_list("message_id", "role", "address")
     ):
         (to if role == "to" else cc).setdefault(mid, []).append(addr)
     boxes: dict[int, set[int]] = {}
-    for mid, box in Source.objects.filter(message_id__in=ids, mailbox__isnull=False).values_list(
+    for mid, box in Source.objects.filter(message_id__in=shown_ids, mailbox__isnull=False).values_list(
         "message_id", "mailbox_id"
     ):
         boxes.setdefault(mid, set()).add(box)
     parents: dict[int, int | None] = {}
-
-    def walk(node: Node, parent: int | None) -> None:
-        key = node.key
-        if key is not None:
-            parents[key] = parent
-        for c in node.children:
-            walk(c, key if key is not None else parent)
-
-    for root in thread_references(
+    roots = thread_references(
         [
             TreeMessage(
                 key=r["id"],
                 message_id=r["message_id"],
-                references=tuple(r["references"] or ()),
-                in_reply_to=tuple(r["in_reply_to"] or ()),
+                references=trim_references(r["references"] or ()),  # rows stored before the cap
+                in_reply_to=tuple(r["in_reply_to"] or ())[:1],
                 subject="",
                 date=r["date"],
             )
             for r in rows
         ]
-    ):
-        walk(root, None)
+    )
+    # Iterative: a reply chain is as deep as its senders make it (a recursive walk was a 500).
+    stack: list[tuple[Node, int | None]] = [(root, None) for root in reversed(roots)]
+    while stack:
+        node, parent = stack.pop()
+        key = node.key
+        if key is not None:
+            parents[key] = parent
+        below = key if key is not None else parent
+        stack.extend((c, below) for c in reversed(node.children))
     return [
         ThreadMessage(
             id=r["id"],

@@ -23,8 +23,10 @@ from datetime import UTC, datetime
 from email.header import Header
 from email.utils import encode_rfc2231, format_datetime
 
+from mailroom.parsing.headers import MAX_REFERENCES as MAX_REFERENCES  # re-exported: outbound used it here
+from mailroom.parsing.headers import trim_references
+
 CRLF = b"\r\n"
-MAX_REFERENCES = 20  # RFC 5322 3.6.4 lets us trim: keep the first and the last MAX_REFERENCES-1
 _SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
 _FORBIDDEN = ("\r", "\n", "\0")
 _SUBJECT_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs|antw|rv|tr|отв|пересл|ответ)\s*(\[\d+\])?\s*:\s*)+", re.I)
@@ -132,14 +134,6 @@ def format_addr_list(addrs: Iterable[Addr]) -> str:
 
 def format_msgid_list(ids: Sequence[str]) -> str:
     return "\r\n ".join(f"<{i}>" for i in ids)
-
-
-def trim_references(refs: Sequence[str], limit: int = MAX_REFERENCES) -> tuple[str, ...]:
-    """Keep the first (the thread root) and the last ``limit - 1`` references, de-duplicated."""
-    refs = list(dict.fromkeys(r for r in refs if r))
-    if len(refs) <= limit:
-        return tuple(refs)
-    return (refs[0], *refs[-(limit - 1) :])
 
 
 def strip_subject_prefixes(subject: str) -> str:

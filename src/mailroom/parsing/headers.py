@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import getaddresses, parseaddr, parsedate_tz
@@ -19,6 +20,10 @@ from mailroom.parsing.rawheaders import parse_header_block
 from mailroom.parsing.records import pickled_by_fields
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+# RFC 5322 3.6.4 lets a References field be trimmed: keep the first (the thread's root) and the last
+# MAX_REFERENCES - 1. Outgoing replies write no more, and no more of a received one is stored: a
+# sender's 5,000 ids cost every later read (routing, the thread's reply tree) for nothing.
+MAX_REFERENCES = 20
 _MSGID = re.compile(r"<([^<>\s]+)>")
 
 
@@ -79,6 +84,20 @@ def msgid_list(value: str | None) -> tuple[str, ...]:
         stripped = value.strip()
         return (stripped,) if stripped and " " not in stripped else ()
     return tuple(dict.fromkeys(ids))
+
+
+def trim_references(refs: Iterable[str], limit: int = MAX_REFERENCES) -> tuple[str, ...]:
+    """Keep the first (the thread root) and the last ``limit - 1`` references, de-duplicated."""
+    ids = list(dict.fromkeys(r for r in refs if r))
+    if len(ids) <= limit:
+        return tuple(ids)
+    return (ids[0], *ids[-(limit - 1) :])
+
+
+def reference_list(value: str | None) -> tuple[str, ...]:
+    """The ids of a References or In-Reply-To value, as stored: ``msgid_list``, trimmed to the first
+    and the last ``MAX_REFERENCES - 1``."""
+    return trim_references(msgid_list(value))
 
 
 def _decode(value: object) -> str:
@@ -227,8 +246,8 @@ def summarize_headers(raw: bytes) -> HeaderSummary:
     return HeaderSummary(
         message_id=message_id,
         message_id_synthesised=synthesised,
-        in_reply_to=msgid_list(block.get("in-reply-to")),
-        references=msgid_list(block.get("references")),
+        in_reply_to=reference_list(block.get("in-reply-to")),
+        references=reference_list(block.get("references")),
         subject=_decode(block.get("subject")),
         from_=parse_addresses(block.get_all("from")),
         to=parse_addresses(block.get_all("to")),

@@ -27,6 +27,7 @@ from mailroom.parsing.headers import (
     msgid_list,
     parse_addresses,
     parse_date,
+    reference_list,
     storable_text,
     synthesise_message_id,
 )
@@ -974,8 +975,8 @@ def _assemble(
     return ParsedMessage(
         message_id=message_id,
         message_id_synthesised=not ids,
-        in_reply_to=msgid_list(h.get("in-reply-to")),
-        references=msgid_list(h.get("references")),
+        in_reply_to=reference_list(h.get("in-reply-to")),
+        references=reference_list(h.get("references")),
         subject=subject,
         from_=from_,
         sender=parse_addresses(h.get_all("sender")),

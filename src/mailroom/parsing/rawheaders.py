@@ -14,6 +14,10 @@ from urllib.parse import unquote_to_bytes
 MAX_HEADER_BLOCK = 1024 * 1024  # bytes of one header block that are read as headers
 MAX_HEADER_VALUE = 64 * 1024  # characters kept of one header value
 MAX_HEADERS = 2000  # header fields kept per block
+# Id lists whose end matters as much as their start: References ends with the nearest parent (and
+# begins with the thread's root). Of one too long, the start and the end are kept (an id cut in two
+# is no id and is dropped).
+_ID_LIST_HEADERS = frozenset({"references", "in-reply-to"})
 
 _NAME = re.compile(rb"[!-9;-~]+[ \t]*:")
 
@@ -104,7 +108,11 @@ def parse_header_block(data: bytes, start: int = 0, end: int | None = None) -> t
         raw = b"\n".join(cur_parts).rstrip(b"\r\n")
         value = raw.decode("ascii", "surrogateescape") if not raw.isascii() else raw.decode("ascii")
         if len(value) > MAX_HEADER_VALUE:
-            value = value[:MAX_HEADER_VALUE]
+            if cur_name in _ID_LIST_HEADERS:
+                half = MAX_HEADER_VALUE // 2
+                value = f"{value[:half]} {value[-half:]}"
+            else:
+                value = value[:MAX_HEADER_VALUE]
             if "header_value_truncated" not in block.errors:
                 block.errors.append("header_value_truncated")
         if len(fields) >= MAX_HEADERS:

@@ -37,13 +37,38 @@ class Node:
 
 
 def _is_ancestor(node: Node, of: Node) -> bool:
-    """Whether ``node`` is ``of`` or one of its ancestors."""
-    cur: Node | None = of
-    while cur is not None:
-        if cur is node:
+    """Whether ``node`` is ``of`` or one of its ancestors.
+
+    Walks up from ``of`` and down through ``node``'s subtree in step, so it costs twice the smaller of
+    the two: a fresh message (no children) is answered at once, however deep the chain it joins.
+    """
+    if node is of:
+        return True
+    if not node.children:
+        return False
+    up: Node | None = of.parent
+    down: list[Node] = list(node.children)
+    while up is not None and down:
+        if up is node:
             return True
-        cur = cur.parent
-    return False
+        up = up.parent
+        n = down.pop()
+        if n is of:
+            return True
+        down.extend(n.children)
+    return False  # the walk up reached a root, or the subtree ended, without meeting the other
+
+
+def _walk(roots: list[Node]) -> list[Node]:
+    """Every node under ``roots`` (roots included), parents before their children. Iterative: a reply
+    chain is as deep as its sender makes it."""
+    out: list[Node] = []
+    stack = list(reversed(roots))
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(reversed(n.children))
+    return out
 
 
 def _unlink(child: Node) -> None:
@@ -68,17 +93,36 @@ def _sort_key(node: Node) -> tuple[datetime, int]:
 
 
 def _sort(nodes: list[Node]) -> None:
-    for n in nodes:
-        _sort(n.children)
+    """Sort ``nodes`` and every children list under them by date; children first (a dummy sorts by
+    its first child)."""
+    for n in reversed(_walk(nodes)):
+        if len(n.children) > 1:
+            n.children.sort(key=_sort_key)
     nodes.sort(key=_sort_key)
 
 
 def _prune(nodes: list[Node], is_root: bool) -> list[Node]:
+    """RFC 5256 2.2 (4): drop dummies without children, promote the children of the others (at the
+    root level only of a dummy with one child). Children are pruned before their parent; parents are
+    set once at the end."""
+    promoted: dict[int, list[Node]] = {}  # id(dummy) -> what stands in its place below the root level
+    for n in reversed(_walk(nodes)):
+        kids = n.children
+        if any(c.message is None for c in kids):
+            if len(kids) == 1:
+                n.children = promoted[id(kids[0])]
+            else:
+                new: list[Node] = []
+                for c in kids:
+                    if c.message is None:
+                        new.extend(promoted.pop(id(c)))
+                    else:
+                        new.append(c)
+                n.children = new
+        if n.message is None:
+            promoted[id(n)] = n.children
     out: list[Node] = []
     for n in nodes:
-        n.children = _prune(n.children, False)
-        for c in n.children:
-            c.parent = n
         if n.message is None:
             if not n.children:
                 continue
@@ -86,6 +130,11 @@ def _prune(nodes: list[Node], is_root: bool) -> list[Node]:
                 out.extend(n.children)  # promote
                 continue
         out.append(n)
+    for n in out:
+        n.parent = None
+    for n in _walk(out):
+        for c in n.children:
+            c.parent = n
     return out
 
 
@@ -103,16 +152,22 @@ def thread_references(messages: list[TreeMessage]) -> list[Node]:
                 table[msg.message_id] = node
         nodes.append(node)
         refs = msg.references or msg.in_reply_to[:1]
-        containers = [table.setdefault(r, Node()) for r in refs]
+        containers: list[Node] = []
+        for ref in refs:
+            container = table.get(ref)
+            if container is None:
+                container = table[ref] = Node()
+            containers.append(container)
         for parent, child in itertools.pairwise(containers):
             if child.parent is None and not _is_ancestor(child, parent):
                 _link(parent, child)
         # The message's own references say who its parent is.
+        last = containers[-1] if containers else None
+        if last is not None and node.parent is last:
+            continue  # already there (children are sorted later): no O(siblings) unlink
         _unlink(node)
-        if containers:
-            last = containers[-1]
-            if not _is_ancestor(node, last):
-                _link(last, node)
+        if last is not None and not _is_ancestor(node, last):
+            _link(last, node)
 
     seen: set[int] = set()
     roots: list[Node] = []
@@ -146,33 +201,38 @@ def thread_references(messages: list[TreeMessage]) -> list[Node]:
         ):
             by_subject[s] = r
     merged: list[Node] = []
+    index_of: dict[int, int] = {}  # id(root) -> its place in ``merged``
     for r in roots:
         s = subject_of(r)
         target = by_subject.get(s) if s else None
         if target is None or target is r:
+            index_of[id(r)] = len(merged)
             merged.append(r)
             continue
         if target.message is None and r.message is None:
-            for c in list(r.children):
-                _unlink(c)
-                _link(target, c)
+            for c in r.children:
+                c.parent = target
+            target.children.extend(r.children)
+            r.children = []
         elif target.message is None:
             _link(target, r)
         elif r.message is None:
             # The dummy takes the table's container; it replaces it in the root set.
             _link(r, target)
             by_subject[s] = r
+            index_of[id(r)] = len(merged)
             merged.append(r)
         elif not reply(target) and reply(r):
             _link(target, r)
         else:
             dummy = Node()
-            idx = merged.index(target) if target in merged else -1
+            idx = index_of.pop(id(target), -1)
             _link(dummy, target)
             _link(dummy, r)
             by_subject[s] = dummy
             if idx >= 0:
                 merged[idx] = dummy
+                index_of[id(dummy)] = idx
     roots = [r for r in merged if r.parent is None]
     _sort(roots)
     return roots
@@ -199,13 +259,27 @@ def thread_orderedsubject(messages: list[TreeMessage]) -> list[Node]:
 def format_threads(roots: list[Node]) -> str:
     """The IMAP THREAD response body: ``(3 2)(1)``, ``(1 (2 4)(3))``, ``((1)(2))``."""
 
-    def inner(n: Node) -> str:
-        head = "" if n.message is None else str(n.message.key)
-        if not n.children:
-            return head
-        if len(n.children) == 1 and n.message is not None:
-            return f"{head} {inner(n.children[0])}"
-        kids = "".join(f"({inner(c)})" for c in n.children)
-        return f"{head} {kids}" if head else kids
-
-    return "".join(f"({inner(r)})" for r in roots)
+    # Iterative (a reply chain is as deep as its sender makes it): a stack of nodes still to write
+    # and literal text, popped in order.
+    out: list[str] = []
+    stack: list[Node | str] = []
+    for r in reversed(roots):
+        stack += [")", r, "("]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        head = "" if item.message is None else str(item.message.key)
+        kids = item.children
+        if not kids:
+            out.append(head)
+        elif len(kids) == 1 and item.message is not None:
+            out.append(f"{head} ")
+            stack.append(kids[0])
+        else:
+            if head:
+                out.append(f"{head} ")
+            for c in reversed(kids):
+                stack += [")", c, "("]
+    return "".join(out)
