@@ -30,3 +30,29 @@ def test_home_shows_my_mailboxes_progress_and_mail_only(user: Any, team: Any) ->
 def test_home_needs_login(db: Any) -> None:
     resp = Client().get("/")
     assert resp.status_code == 302 and resp["Location"] == "/login/?next=/"
+
+
+@pytest.mark.parametrize(
+    ("lang", "labels"),
+    [
+        ("en", ["held for review: sender not verified", "sender not authenticated",
+                "claims one of our addresses, not authenticated"]),
+        ("ru", ["на проверке: отправитель не подтверждён", "отправитель не аутентифицирован",
+                "выдаёт себя за наш адрес, не подтверждено"]),
+    ],
+)
+def test_recent_mail_says_who_could_not_be_verified(user: Any, team: Any, lang: str, labels: list[str]) -> None:
+    def flagged(subject: str, *flags: str) -> None:
+        MessageFactory(team=team, subject=subject, routing={"thread": {"flags": list(flags), "rules": []}})
+
+    flagged("Forged", "unverified")
+    flagged("Unsigned answer", "unauthenticated")
+    flagged("Our address", "suspicious", "unverified")
+    flagged("Plain")
+    client = Client(HTTP_ACCEPT_LANGUAGE=lang)
+    client.force_login(user)
+    page = client.get("/").content.decode()
+    rows = {r.split("</td><td>")[2].split("</td>")[0]: r for r in page.split("<tr")[2:] if "</td><td>" in r}
+    for subject, label in zip(["Forged", "Unsigned answer", "Our address"], labels, strict=True):
+        assert f"⚠ {label}</span>" in rows[subject]
+    assert "⚠" not in rows["Plain"]

@@ -4,6 +4,7 @@ from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.utils.translation import gettext as _
 
 from mailroom.accounts.access import mailboxes_for_user
 from mailroom.conversations.access import messages_for_user
@@ -21,12 +22,27 @@ def _mailboxes(request: HttpRequest) -> object:
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    recent = (
+    recent = list(
         messages_for_user(request.user)
         .order_by("-date", "-id")
-        .only("id", "subject", "from_address", "from_name", "date", "direction", "thread_id")[:25]
+        .only("id", "subject", "from_address", "from_name", "date", "direction", "thread_id", "routing")[:25]
     )
+    for m in recent:
+        m.sender_warning = _sender_warning(m.routing)  # type: ignore[attr-defined]
     return render(request, "web/home.html", {"mailboxes": _mailboxes(request), "recent": recent})
+
+
+def _sender_warning(routing: dict[str, object] | None) -> str:
+    """Who sent it, as the resolver found (docs/architecture.md, "Who sent it")."""
+    thread = (routing or {}).get("thread")
+    flags = set(thread.get("flags") or ()) if isinstance(thread, dict) else set()
+    if "suspicious" in flags:
+        return _("claims one of our addresses, not authenticated")
+    if "unverified" in flags:
+        return _("held for review: sender not verified")
+    if "unauthenticated" in flags:
+        return _("sender not authenticated")
+    return ""
 
 
 @login_required
