@@ -126,7 +126,7 @@ def _parse_pending(limit: int, row_locks: bool) -> int:
     qs = (
         Message.objects.filter(state=Message.State.STORED)
         .order_by("id")
-        .only("id", "size", "received_at", "content_hash", "routing_headers", "state", "date")
+        .only("id", "size", "received_at", "content_hash", "routing_headers", "state", "date", "direction")
     )
     if row_locks:
         qs = qs.select_for_update(skip_locked=True, of=("self",))

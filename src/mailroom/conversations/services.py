@@ -116,7 +116,8 @@ def parse_jobs(items: list[tuple[Message, bytes | str]]) -> list[ParsedMessage |
             blob="" if isinstance(raw, bytes) else raw,
             blob_dir="" if isinstance(raw, bytes) else blob_dir,
             content_hash=m.content_hash,
-            verify_dkim=verify,
+            # Our own copies (Sent folder, outbox) are outgoing whatever they say: nothing to verify.
+            verify_dkim=verify and m.direction != Message.Direction.OUTGOING,
             dns_servers=servers,
             dns_timeout=timeout,
         )
