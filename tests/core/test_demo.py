@@ -54,3 +54,41 @@ def test_demo_falls_back_to_a_pure_python_imap_server(tmp_path: Path, monkeypatc
         assert {name: r.stored for name, r in mailbox_sync_once(mb).items()} == {"INBOX": 1, "Sent": 0}
     finally:
         demo["stop"]()  # type: ignore[operator]
+
+
+def test_the_same_time_gives_the_same_sample_mail() -> None:
+    from datetime import UTC, datetime
+
+    at = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
+    assert list(sample_correspondence(at)) == list(sample_correspondence(at.replace(microsecond=0)))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_restarting_the_pure_python_demo_does_not_seed_its_messages_twice(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """pymap keeps its mail in memory: every start seeds it again, and the sync (a new UIDVALIDITY)
+    must recognise the same 48 messages, not store 48 more."""
+    from mailroom.conversations.models import Message, Thread
+    from mailroom.conversations.pipeline import drain
+    from mailroom.core.demo import demo_setup
+    from mailroom.ingest.imap.worker import mailbox_sync_once
+    from mailroom.mailboxes.models import Mailbox
+    from mailroom.testing import servers
+
+    def not_installed(self: Any, timeout: float = 10.0) -> Any:
+        raise servers.ServersNotInstalled("dovecot is not installed")
+
+    monkeypatch.setattr(servers.Dovecot, "start", not_installed)
+    counts = []
+    for _ in range(2):
+        demo = demo_setup(tmp_path)
+        try:
+            assert demo["seeded"] == 48
+            results = mailbox_sync_once(Mailbox.objects.get(email=DEMO_EMAIL))
+            assert sum(r.stored for r in results.values()) == 48  # every copy seen, as sources
+            drain()
+            counts.append((Message.objects.count(), Thread.objects.count(), Message.objects.filter(state="linked").count()))
+        finally:
+            demo["stop"]()  # type: ignore[operator]
+    assert counts == [(48, 16, 48), (48, 16, 48)]
+    assert Mailbox.objects.count() == 1
