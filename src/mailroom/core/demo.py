@@ -121,7 +121,7 @@ class PymapSandbox:
         self.users: set[str] = set()
 
     def start(self, timeout: float = 15.0) -> PymapSandbox:
-        from mailroom.testing.servers import free_port
+        from mailroom.testing.servers import _set_pdeathsig, free_port
 
         self.imap_port = free_port()
         exe = Path(sys.executable).with_name("pymap")
@@ -130,6 +130,7 @@ class PymapSandbox:
             [*cmd, "--host", "127.0.0.1", "--port", str(self.imap_port), "--no-tls", "dict",
              "--demo-user", self.email, "--demo-password", self.password],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=_set_pdeathsig,  # it dies with the demo, even with a kill -9 of it
         )
         deadline = time.monotonic() + timeout
         while True:
