@@ -92,3 +92,57 @@ def test_restarting_the_pure_python_demo_does_not_seed_its_messages_twice(tmp_pa
             demo["stop"]()  # type: ignore[operator]
     assert counts == [(48, 16, 48), (48, 16, 48)]
     assert Mailbox.objects.count() == 1
+
+
+NO_DOVECOT = """
+import sys
+from mailroom.testing import servers
+
+def not_installed(self, timeout=10.0):
+    raise servers.ServersNotInstalled("dovecot is not installed")
+
+servers.Dovecot.start = not_installed
+from mailroom.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("imap", ["dovecot", "pymap"])
+def test_kill_minus_nine_of_the_demo_leaves_no_server_or_worker_behind(mail_servers_dir: Path, imap: str) -> None:
+    """``mailroom demo`` runs a Dovecot (or, where it is not installed, pymap) and its SMTP sandbox: a
+    ``kill -9`` of it takes every process it started with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    tmp_path = Path(tempfile.mkdtemp(dir=mail_servers_dir))  # the servers' users must reach the run dir
+    tmp_path.chmod(0o755)
+
+    from mailroom.testing.servers import free_port
+    from tests.procs import descendants, session_processes, wait_gone
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MAILROOM_ENCRYPTION_KEYS")}
+    env["MAILROOM_DATA_DIR"] = str(tmp_path)
+    with open(tmp_path / "stderr", "w") as err:
+        start = ["-m", "mailroom.cli"] if imap == "dovecot" else ["-c", NO_DOVECOT]
+        proc = subprocess.Popen([sys.executable, *start, "demo", "--port", str(free_port())], env=env,
+                                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+    started: dict[int, str] = {}
+    try:
+        lines = [proc.stdout.readline() for _ in range(4)]  # type: ignore[union-attr]
+        assert lines[3].startswith(f"Demo mailbox {DEMO_EMAIL} "), (lines, (tmp_path / "stderr").read_text())
+        started = {**descendants(proc.pid), **session_processes(proc.pid)}
+        started.pop(proc.pid, None)
+        assert any(imap in cmd for cmd in started.values()), started
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        assert wait_gone(started, 20) == {}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        wait_gone({**started, **session_processes(proc.pid)}, 0)
+        proc.stdout.close()  # type: ignore[union-attr]
