@@ -37,7 +37,9 @@ def test_mailbox_add_list_test_sync_remove(mail_user: Any, capsys: Any) -> None:
     assert main(args) == 1
     err = capsys.readouterr().err
     assert f"IMAP: IMAP login to 127.0.0.1:{user.dovecot.imap_port} as '{user.email}' was refused" in err
-    assert "mailbox not added (use --no-test to add it anyway)" in err
+    assert err.startswith("mailroom: mailbox not added: IMAP: ") and err.count("\n") == 1
+    assert err.endswith("; SMTP: SMTP server 127.0.0.1:1 refused the connection: check the port (1). "
+                        "(use --no-test to add it anyway)\n")
     assert Mailbox.objects.count() == 0
 
     args[-1] = f"--password={user.password}"  # "=": a generated password may begin with "-"

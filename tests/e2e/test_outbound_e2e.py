@@ -15,6 +15,7 @@ import pytest
 from django.utils import timezone
 from tests.dburl import subprocess_env
 from tests.factories import MailboxFactory, ThreadFactory
+from tests.procs import wait_session_gone
 
 from mailroom.conversations.models import Message, MessageRaw
 from mailroom.ingest.rawstore import store_one
@@ -128,13 +129,14 @@ def test_kill_9_during_a_batch_of_200(team: Any, user: Any, dovecot: Any, postfi
     env = {**os.environ, **subprocess_env(),
            "MAILROOM_ENCRYPTION_KEYS": settings.MAILROOM_ENCRYPTION_KEYS, "MAILROOM_OUTBOX_LEASE_SECONDS": "600"}
     cmd = [sys.executable, "-m", "mailroom.cli", "outbox", "send-due", "--loop", "--limit", "20"]
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)  # a session of its own: see tests/procs.py
     deadline = time.monotonic() + 60
     while OutboxMessage.objects.filter(state="sent").count() < 40:
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert wait_session_gone(proc.pid, 15) == {}  # nothing it started outlives it
     assert OutboxMessage.objects.exclude(state="sent").exists()  # killed mid-batch
     proc2 = subprocess.Popen(cmd, env=env)  # the dead worker's leases are recovered at once (same host, dead pid)
     try:

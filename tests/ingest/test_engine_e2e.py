@@ -20,6 +20,7 @@ from mailroom.ingest.imap.worker import mailbox_sync_once
 from mailroom.mailboxes.models import Folder
 from tests.dburl import subprocess_env
 from tests.ingest.helpers import mailbox_for, make_mail
+from tests.procs import session_processes, wait_session_gone
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
@@ -72,20 +73,28 @@ def test_kill_minus_nine_during_import_then_restart_exactly_once(mail_user: Any,
     cmd = [sys.executable, "-m", "mailroom.cli", "sync", "--once", "--no-progress", "--mailbox", str(mb.pk)]
     rnd = random.Random(42)
     kills = 0
+    children: list[int] = []
     for _ in range(4):
         # Killed once a random number more of messages are stored, then a random moment later:
         # mid-import whatever this machine's speed (a random sleep alone let a fast machine finish).
         target = min(Source.objects.count() + rnd.randint(100, 350), n + 199)
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # A session of its own: what it started is still found by it after the kill.
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
         deadline = time.monotonic() + 120
         while proc.poll() is None and Source.objects.count() < target and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(rnd.uniform(0, 0.3))  # anywhere in the next batch, not just after a commit
         if proc.poll() is None:
+            started = set(session_processes(proc.pid)) - {proc.pid}
             proc.send_signal(signal.SIGKILL)
             kills += 1
+            children.append(len(started))
         proc.wait()
+        # Its pipeline process and parse workers do not outlive it.
+        assert wait_session_gone(proc.pid, 15) == {}
     assert kills == 4, "the import finished before it could be killed"
+    assert max(children) >= 1, children  # it had started processes of its own: they were checked
     final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
 

@@ -119,3 +119,21 @@ def test_oauth2_without_refresh_token_asks_to_reconnect() -> None:
     mb.save()
     with pytest.raises(ImapError, match="reconnect it"):
         imap_settings(mb)
+
+
+def test_an_unsaved_oauth2_mailbox_is_refreshed_in_memory(token_url: str, settings: Any) -> None:
+    """A connection test before saving (``mailbox_build``): the refreshed token stays on the object,
+    no row is written."""
+    from mailroom.accounts.models import Team
+    from mailroom.mailboxes.services import mailbox_build
+
+    settings.MAILROOM_ALLOW_LOOPBACK_HTTP = True
+    mb = mailbox_build(team=Team(name="Not yet"), email="m@company.test", imap_host="127.0.0.1", auth_method="oauth2",
+                       refresh_token="refresh-1", token_url=token_url, client_id="cid")
+    assert mb.pk is None
+    cs = smtp_settings(mb)
+    assert (cs.auth, cs.access_token) == ("oauth2", "access-2")
+    assert mb.get_secret()["refresh_token"] == "refresh-2"
+    assert imap_settings(mb).access_token == "access-2"  # kept: no second refresh
+    assert len(_TokenEndpoint.calls) == 1
+    assert (Mailbox.objects.count(), Team.objects.filter(name="Not yet").exists()) == (0, False)

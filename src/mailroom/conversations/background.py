@@ -16,7 +16,12 @@ def pipeline_process(
     a fast one is linked after it). Once told to stop, it sets ``handed`` (it links no more: the
     parent, its import done, links from then on), parses what is left with two threads and exits. It
     gives up if its parent is gone (killed: nothing to report to, and the next run's drain finishes
-    the work)."""
+    the work): a watch thread ends it within a second, wherever it is (its main thread can be
+    blocked for good on the lock of an ``Event`` the parent held when it was killed: a ``kill -9`` of
+    ``mailroom sync`` left this process, its parse workers and their resource tracker behind)."""
+    from mailroom.parsing.workers import exit_with_parent
+
+    exit_with_parent(parent)
     import django
     from django.conf import settings
 

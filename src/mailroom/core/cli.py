@@ -50,10 +50,10 @@ def _keys_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare(verbose: bool = True) -> dict[str, str]:
-    """Migrate, create the key file on a fresh install, and an admin on first start.
-    Returns {"username", "password", "token"} when it created the first admin."""
-    from django.contrib.auth import get_user_model
+def prepare() -> None:
+    """Migrate, and create the key file on a fresh install. No user is created here: the first
+    administrator is made by :func:`first_admin` once the server is listening, so that its password
+    is printed to whoever started it (a ``migrate`` or a start that cannot listen keeps nothing back)."""
     from django.core.management import call_command
 
     from mailroom.core import crypto
@@ -63,8 +63,14 @@ def prepare(verbose: bool = True) -> dict[str, str]:
     if db_is_new:
         crypto.ensure_key_file()
     crypto.keyring()  # refuses with a clear message when the key is missing
-    User = get_user_model()
-    if User.objects.exists():
+
+
+def first_admin() -> dict[str, str]:
+    """On an installation without users: create the administrator (and an API token) and return
+    {"username", "password", "token"} to be shown this once; otherwise {}."""
+    from django.contrib.auth import get_user_model
+
+    if get_user_model().objects.exists():
         return {}
     from mailroom.accounts.services import token_create, user_create
 
@@ -92,16 +98,44 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     setup_django()
+    from django.contrib.auth import get_user_model
+
     prepare()
     print("database is up to date")
+    if not get_user_model().objects.exists():
+        print("No users yet: 'mailroom serve' creates the administrator on its first start and shows its password "
+              "once (or create one now: 'mailroom user create NAME --superuser').")
     return 0
 
 
-def run_server(host: str, port: int, *, sync: bool, threads: int, banner: dict[str, str], extra: list[str] | None = None) -> int:
+def listen(host: str, port: int, threads: int) -> Any:
+    """The web server, bound to host:port, or None (after one line on stderr) when it cannot listen
+    there: nothing else has been started or created yet."""
+    import errno
+
     from waitress.server import create_server  # type: ignore[import-untyped]
 
     from mailroom.config.wsgi import application
 
+    try:
+        return create_server(application, host=host, port=port, threads=threads)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = f"port {port} is already in use (is Mailroom already running? choose another with --port)"
+        elif exc.errno == errno.EACCES:
+            reason = f"no permission to listen on port {port} (ports below 1024 need privileges: choose another with --port)"
+        else:
+            reason = exc.strerror or str(exc)
+    except ValueError as exc:  # waitress: a host or port it cannot resolve
+        reason = str(exc)
+    print(f"mailroom: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
+    return None
+
+
+def run_server(server: Any, host: str, port: int, *, sync: bool, extra: list[str] | None = None) -> int:
+    """Serve on ``server`` (from :func:`listen`); on a first start, create the administrator and show
+    its credentials."""
+    banner = first_admin()
     engine: Any = None
     stop = threading.Event()
     background: list[Any] = []
@@ -115,7 +149,6 @@ def run_server(host: str, port: int, *, sync: bool, threads: int, banner: dict[s
         t = threading.Thread(target=run_outbox_worker, args=(stop,), name="outbox", daemon=True)
         t.start()
         background.append(t)
-    server = create_server(application, host=host, port=port, threads=threads)
     url = f"http://{host}:{port}/"
     print(f"Mailroom is running at {url}  (API: {url}api/v1/docs)", flush=True)
     if banner:
@@ -151,12 +184,15 @@ def deployment_errors() -> list[str]:
 
 def _serve(args: argparse.Namespace) -> int:
     setup_django()
-    banner = prepare()
+    prepare()
     if errors := deployment_errors():
         for line in errors:
             print(f"mailroom: {line}", file=sys.stderr)
         return 1
-    return run_server(args.host, args.port, sync=not args.no_sync, threads=args.threads, banner=banner)
+    server = listen(args.host, args.port, args.threads)
+    if server is None:
+        return 1
+    return run_server(server, args.host, args.port, sync=not args.no_sync)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -165,14 +201,18 @@ def _demo(args: argparse.Namespace) -> int:
 
     from mailroom.core.demo import demo_setup
 
-    banner = prepare()
+    prepare()
     if os.geteuid() == 0:
         # Dovecot's mail processes (uid 'mail') must traverse the data dir to the demo's mail: others
         # may pass through (0711), not list it; its files stay 0600. 'mailroom serve' narrows it again.
         os.chmod(settings.DATA_DIR, 0o711)  # noqa: S103 - traversal only, for the demo's Dovecot
+    server = listen(args.host, args.port, 8)
+    if server is None:
+        return 1
     try:
         info = demo_setup(settings.DATA_DIR / "demo")
     except RuntimeError as exc:
+        server.close()
         print(f"mailroom demo: {exc}", file=sys.stderr)
         return 2
     extra = [
@@ -180,6 +220,6 @@ def _demo(args: argparse.Namespace) -> int:
         f"password {info['password']}) is connected; {info['seeded']} sample messages are syncing now.",
     ]
     try:
-        return run_server(args.host, args.port, sync=True, threads=8, banner=banner, extra=extra)
+        return run_server(server, args.host, args.port, sync=True, extra=extra)
     finally:
         info["stop"]()  # type: ignore[operator]

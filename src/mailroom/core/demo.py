@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.header import Header
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,11 @@ DEMO_PASSWORD = "demo-password"  # noqa: S105 - a loopback sandbox
 
 
 def sample_correspondence(now: datetime | None = None) -> Iterator[tuple[str, bytes]]:
-    """(folder, raw) pairs: threads with clients in Russian (UTF-8, KOI8-R, windows-1251) and English."""
-    now = now or datetime.now(UTC)
+    """(folder, raw) pairs: threads with clients in Russian (UTF-8, KOI8-R, windows-1251) and English.
+    The same ``now`` (to the second) gives the same bytes: Message-IDs, dates and MIME boundaries
+    derive from it, so mail seeded again into a fresh server is recognised, not imported twice."""
+    now = (now or datetime.now(UTC)).replace(microsecond=0)
+    stamp = int(now.timestamp())
     clients = [
         ("Иван Петров", "ivan.petrov@romashka.test", "ru"),
         ("Anna Smith", "anna@acme-client.test", "en"),
@@ -50,7 +53,7 @@ def sample_correspondence(now: datetime | None = None) -> Iterator[tuple[str, by
                 t += timedelta(hours=3, minutes=17 * n % 60)
                 incoming = turn % 2 == 0
                 msg = EmailMessage()
-                mid = make_msgid(domain=("romashka.test" if incoming else "company.test"))
+                mid = f"<demo-{stamp}-{n}@{'romashka.test' if incoming else 'company.test'}>"
                 subj = topic if turn == 0 else "Re: " + topic
                 if lang == "ru":
                     body = (
@@ -86,6 +89,7 @@ def sample_correspondence(now: datetime | None = None) -> Iterator[tuple[str, by
                         "Позиция;Цена\nКирпич;12.50\n".encode("windows-1251"),
                         maintype="text", subtype="csv", filename="Прайс-лист.csv",
                     )
+                    msg.set_boundary(f"demo-{stamp}-{n}")
                 parent_id = mid
                 refs.append(mid)
                 yield ("INBOX" if incoming else "Sent", msg.as_bytes())
@@ -117,7 +121,7 @@ class PymapSandbox:
         self.users: set[str] = set()
 
     def start(self, timeout: float = 15.0) -> PymapSandbox:
-        from mailroom.testing.servers import free_port
+        from mailroom.testing.servers import _set_pdeathsig, free_port
 
         self.imap_port = free_port()
         exe = Path(sys.executable).with_name("pymap")
@@ -126,6 +130,7 @@ class PymapSandbox:
             [*cmd, "--host", "127.0.0.1", "--port", str(self.imap_port), "--no-tls", "dict",
              "--demo-user", self.email, "--demo-password", self.password],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=_set_pdeathsig,  # it dies with the demo, even with a kill -9 of it
         )
         deadline = time.monotonic() + timeout
         while True:
@@ -189,6 +194,18 @@ class PymapSandbox:
                 self.proc.kill()
 
 
+def _sample_time(run_dir: Path) -> datetime:
+    """When the sample mail was first written, kept in the run dir: the in-memory pymap server is
+    seeded again on every start, and must get the very same messages (a Dovecot's mail stays)."""
+    path = run_dir / "sample-mail-time"
+    try:
+        return datetime.fromtimestamp(int(path.read_text().strip()), UTC)
+    except (OSError, ValueError, OverflowError):
+        now = datetime.now(UTC).replace(microsecond=0)
+        path.write_text(f"{int(now.timestamp())}\n")
+        return now
+
+
 def demo_setup(run_dir: Path) -> dict[str, object]:
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -227,7 +244,7 @@ def demo_setup(run_dir: Path) -> dict[str, object]:
     seeded = 0
     if fresh and dovecot.count(DEMO_EMAIL, "INBOX") == 0:
         by_folder: dict[str, list[bytes]] = {}
-        for folder, raw in sample_correspondence():
+        for folder, raw in sample_correspondence(_sample_time(run_dir)):
             by_folder.setdefault(folder, []).append(raw)
         for folder, raws in by_folder.items():
             seeded += dovecot.deliver_many(DEMO_EMAIL, raws, folder)

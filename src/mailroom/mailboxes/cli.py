@@ -60,9 +60,15 @@ def find_mailbox(ref: str):  # type: ignore[no-untyped-def]
 
 
 def _add(args: argparse.Namespace) -> int:
+    """Test the login on the settings as they would be stored, then store them: a failed add (or an
+    interrupted one) leaves nothing behind, not even the team, and a running engine never sees a
+    mailbox that is about to be removed again."""
     setup_django()
+    from django.db import transaction
+
+    from mailroom.accounts.models import Team
     from mailroom.accounts.services import team_get_or_create
-    from mailroom.mailboxes.services import mailbox_create, mailbox_delete, mailbox_test
+    from mailroom.mailboxes.services import mailbox_build, mailbox_create, mailbox_test
 
     password = args.password or os.environ.get("MAILROOM_MAILBOX_PASSWORD")
     if not password:
@@ -83,18 +89,19 @@ def _add(args: argparse.Namespace) -> int:
         "sync_roles": [r.strip() for r in args.roles.split(",") if r.strip()],
         "tls_verify": not args.no_verify_tls,
     }
-    mb = mailbox_create(
-        team=team_get_or_create(name=args.team), email=args.email, name=args.name,
-        password=password, **{k: v for k, v in data.items() if v is not None},
-    )
+    given = {k: v for k, v in data.items() if v is not None}
     if not args.no_test:
-        res = mailbox_test(mailbox=mb)
+        team = Team.objects.filter(name=args.team).first() or Team(name=args.team)
+        candidate = mailbox_build(team=team, email=args.email, name=args.name, password=password, **given)
+        # SMTP when it is given (or comes with the provider's preset): it is what sending will use.
+        res = mailbox_test(mailbox=candidate, check_smtp=bool(candidate.smtp_host))
         if not res.ok:
-            mailbox_delete(mailbox=mb)
-            for err in res.errors:
-                print(f"mailroom: {err}", file=sys.stderr)
-            print("mailroom: mailbox not added (use --no-test to add it anyway)", file=sys.stderr)
+            reason = " ".join("; ".join(res.errors).split())  # one line, whatever a server said
+            print(f"mailroom: mailbox not added: {reason} (use --no-test to add it anyway)", file=sys.stderr)
             return 1
+    with transaction.atomic():
+        mb = mailbox_create(team=team_get_or_create(name=args.team), email=args.email, name=args.name,
+                            password=password, **given)
     print(f"mailbox {mb.pk} added: {mb.email} (syncing {', '.join(mb.roles)})")
     return 0
 

@@ -115,6 +115,13 @@ def _refresh_access_token(mailbox: Mailbox, secret: dict[str, Any]) -> dict[str,
     if resp.status != 200 or not isinstance(payload.get("access_token"), str):
         detail = f" ({code})" if isinstance(code, str) and _OAUTH_ERROR.fullmatch(code) else ""
         raise ImapError("oauth", f"OAuth2 token refresh failed: HTTP {resp.status}{detail}; reconnect the mailbox.")
+    if mailbox.pk is None:  # not stored yet (a connection test before saving): the new token stays here
+        current = {**secret, "access_token": payload["access_token"],
+                   "expires_at": time.time() + float(payload.get("expires_in", 3600))}
+        if payload.get("refresh_token"):
+            current["refresh_token"] = payload["refresh_token"]
+        mailbox.set_secret(current)
+        return current
     with transaction.atomic():
         locked = Mailbox.objects.select_for_update().get(pk=mailbox.pk)
         current = locked.get_secret()

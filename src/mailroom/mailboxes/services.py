@@ -101,10 +101,11 @@ def _check_token_url(url: str) -> None:
         raise InvalidInput("token_url must be an https:// URL of the provider's OAuth2 token endpoint", field="token_url")
 
 
-@transaction.atomic
-def mailbox_create(*, team: Team, email: str, name: str = "", **data: Any) -> Mailbox:
+def mailbox_build(*, team: Team, email: str, name: str = "", **data: Any) -> Mailbox:
+    """The mailbox ``mailbox_create`` would store, validated, with its secret, but not saved (nothing
+    is written: a connection test can run on it first). ``team`` may be unsaved too."""
     email = validation.address(email, "email")
-    if Mailbox.objects.filter(team=team, email=email).exists():
+    if team.pk is not None and Mailbox.objects.filter(team=team, email=email).exists():
         raise Conflict(f"mailbox {email} is already connected", field="email")
     secret = {k: data.pop(k) for k in SECRET_FIELDS if data.get(k) not in (None, "")}
     for k in SECRET_FIELDS:
@@ -129,6 +130,12 @@ def mailbox_create(*, team: Team, email: str, name: str = "", **data: Any) -> Ma
         raise InvalidInput("oauth2 needs access_token or refresh_token (+ token_url, client_id)", field="refresh_token")
     _validate(mb)
     mb.set_secret(secret)
+    return mb
+
+
+@transaction.atomic
+def mailbox_create(*, team: Team, email: str, name: str = "", **data: Any) -> Mailbox:
+    mb = mailbox_build(team=team, email=email, name=name, **data)
     mb.save()
     return mb
 

@@ -116,10 +116,12 @@ def parse_chunk(jobs: Sequence[ParseJob]) -> list[ParsedMessage | Exception]:
     return [parse_one(job) for job in jobs]
 
 
-def _exit_with_parent(parent: int) -> None:
-    """In each worker: exit when the process that started it is gone. A worker waits for tasks on a
-    pipe whose writing end it holds itself, so it would never see the end of it: a ``kill -9`` of
-    ``mailroom sync`` left its parse workers behind, idle, for good."""
+def exit_with_parent(parent: int) -> None:
+    """In each worker (and the pipeline's process beside an import): exit when the process that
+    started it is gone. A worker waits for tasks on a pipe whose writing end it holds itself, so it
+    would never see the end of it: a ``kill -9`` of ``mailroom sync`` left its parse workers behind,
+    idle, for good. A thread of its own, not a check between steps: the main thread may be blocked
+    for good on a lock the killed parent held (a ``multiprocessing.Event``'s)."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -152,7 +154,7 @@ class ParsePool:
                 self._executor = ProcessPoolExecutor(
                     self.processes,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_exit_with_parent,
+                    initializer=exit_with_parent,
                     initargs=(os.getpid(),),
                 )
                 # One task per worker starts them all (they are started as tasks come in).
