@@ -157,6 +157,8 @@ def test_raw_8bit_message_ids_are_stored_and_threaded_and_the_mailbox_flows(mail
         lines.append(b"Message-ID: <" + message_id + b">")
         if in_reply_to:
             lines.append(b"In-Reply-To: <" + in_reply_to + b">")
+            # Her domain's signature checked at our MX (who may join a thread: tests/routing/test_rules.py).
+            lines.append(b"Authentication-Results: mx.company.test; dkim=pass header.d=client.test; dmarc=pass")
         return b"\n".join(lines) + b"\n\n" + body
 
     cyrillic = "заказ-17@магазин.рф".encode()

@@ -221,8 +221,11 @@ def test_request_hash_is_unchanged() -> None:
                         idempotency_key="k", relay_to_owner=False, deal=9, auto_submitted="auto-replied")
     expected = dataclasses.asdict(data)
     expected["idempotency_key"] = None
+    del expected["reply_to_choice"]  # hashed only when given: requests made before it existed keep their hash
     expected["mailbox"] = 7
     expected["send_at"] = data.send_at.isoformat() if data.send_at else None
     blob = json.dumps(expected, sort_keys=True, default=str, ensure_ascii=False)
     assert data.request_hash(7) == hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
-    assert {f.name for f in dataclasses.fields(ComposeInput)} == set(expected) - {"mailbox"}
+    assert {f.name for f in dataclasses.fields(ComposeInput)} == set(expected) - {"mailbox"} | {"reply_to_choice"}
+    chosen = dataclasses.replace(data, reply_to_choice="from")
+    assert chosen.request_hash(7) != data.request_hash(7)
