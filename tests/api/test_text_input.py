@@ -75,58 +75,56 @@ def _assert_refused(resp: Any, field: str) -> None:
     assert "500" not in body["detail"]
 
 
-@pytest.mark.parametrize("value", BAD_IN_A_LINE, ids=ascii)
 @pytest.mark.parametrize(("method", "url", "base", "field", "where"), CREATES,
                          ids=[f"{c[1].rsplit('/', 1)[1]}-{c[3]}" for c in CREATES])
 def test_create_with_unstorable_text_is_refused(
-    admin_api_client: Client, method: str, url: str, base: dict[str, Any], field: str, where: str, value: str
+    admin_api_client: Client, method: str, url: str, base: dict[str, Any], field: str, where: str
 ) -> None:
     before = _stored()
-    resp = getattr(admin_api_client, method)(url, data=_body(base, field, where, value), content_type="application/json")
-    _assert_refused(resp, field)
+    for value in BAD_IN_A_LINE:
+        resp = getattr(admin_api_client, method)(url, data=_body(base, field, where, value),
+                                                 content_type="application/json")
+        _assert_refused(resp, field)
     assert _stored() == before
+    resp = getattr(admin_api_client, method)(url, data=json.dumps(base), content_type="application/json")
+    assert resp.status_code == 201, resp.content  # the same request without the bad value is taken
 
 
-@pytest.mark.parametrize("value", BAD_IN_A_LINE, ids=ascii)
 @pytest.mark.parametrize(("kind", "field", "where"), [
     ("contacts", "name", ""), ("contacts", "phone", ""), ("contacts", "emails", "[]"),
     ("companies", "name", ""), ("companies", "domains", "[]"),
     ("deals", "title", ""), ("deals", "stage", ""), ("mailboxes", "name", ""), ("mailboxes", "smtp_username", ""),
 ])
 def test_update_with_unstorable_text_is_refused_and_row_unchanged(
-    admin_api_client: Client, team: Any, kind: str, field: str, where: str, value: str
+    admin_api_client: Client, team: Any, kind: str, field: str, where: str
 ) -> None:
     obj = {"contacts": ContactFactory, "companies": CompanyFactory, "deals": DealFactory,
            "mailboxes": MailboxFactory}[kind](team=team)
     before = {f.attname: getattr(obj, f.attname) for f in type(obj)._meta.concrete_fields}
-    resp = admin_api_client.patch(f"/api/v1/{kind}/{obj.pk}", data=_body({}, field, where, value),
-                                  content_type="application/json")
-    _assert_refused(resp, field)
+    for value in BAD_IN_A_LINE:
+        resp = admin_api_client.patch(f"/api/v1/{kind}/{obj.pk}", data=_body({}, field, where, value),
+                                      content_type="application/json")
+        _assert_refused(resp, field)
     obj.refresh_from_db()
     assert {f.attname: getattr(obj, f.attname) for f in type(obj)._meta.concrete_fields} == before
     assert admin_api_client.get(f"/api/v1/{kind}").status_code == 200
 
 
-@pytest.mark.parametrize("value", BAD_ANYWHERE, ids=ascii)
-@pytest.mark.parametrize("field", ["text", "html"])
-def test_outbox_body_with_unstorable_text_is_refused(admin_api_client: Client, team: Any, field: str,
-                                                     value: str) -> None:
-    mailbox = MailboxFactory(team=team)
-    resp = admin_api_client.post("/api/v1/outbox", data=json.dumps(
-        {"mailbox": mailbox.pk, "to": ["person@client.test"], "subject": "Hi", field: value}),
-        content_type="application/json")
-    _assert_refused(resp, field)
+def test_outbox_with_unstorable_text_is_refused(admin_api_client: Client, team: Any) -> None:
+    from mailroom.outbound.models import OutboxMessage
 
-
-@pytest.mark.parametrize("value", BAD_IN_A_LINE, ids=ascii)
-@pytest.mark.parametrize("field", ["to", "subject", "idempotency_key"])
-def test_outbox_header_field_with_unstorable_text_is_refused(admin_api_client: Client, team: Any, field: str,
-                                                             value: str) -> None:
     mailbox = MailboxFactory(team=team)
-    body: dict[str, Any] = {"mailbox": mailbox.pk, "to": ["person@client.test"], "subject": "Hi", "text": "x"}
-    body[field] = [value] if field == "to" else value
-    resp = admin_api_client.post("/api/v1/outbox", data=json.dumps(body), content_type="application/json")
-    _assert_refused(resp, field)
+    good: dict[str, Any] = {"mailbox": mailbox.pk, "to": ["person@client.test"], "subject": "Hi", "text": "x"}
+    cases = [(f, v) for f in ("text", "html") for v in BAD_ANYWHERE]
+    cases += [(f, v) for f in ("to", "subject", "idempotency_key") for v in BAD_IN_A_LINE]
+    for field, value in cases:
+        body = {**good, field: [value] if field == "to" else value}
+        resp = admin_api_client.post("/api/v1/outbox", data=json.dumps(body), content_type="application/json")
+        _assert_refused(resp, field)
+    assert not OutboxMessage.objects.exists()
+    resp = admin_api_client.post("/api/v1/outbox", data=json.dumps({**good, "text": "line\r\n\tnext"}),
+                                 content_type="application/json")
+    assert resp.status_code == 201, resp.content
 
 
 def test_multiline_fields_keep_tabs_and_line_breaks(admin_api_client: Client, team: Any) -> None:
@@ -140,19 +138,17 @@ def test_multiline_fields_keep_tabs_and_line_breaks(admin_api_client: Client, te
     assert resp.json()["name"] == "Zoë Ünal 李"
 
 
-@pytest.mark.parametrize("value", ["%00", "a%00b", "%01", "%0A", "%ED%A0%80"], ids=str)
 @pytest.mark.parametrize(("url", "param"), [
     ("/api/v1/contacts", "q"), ("/api/v1/contacts", "address"), ("/api/v1/contacts", "domain"),
     ("/api/v1/companies", "q"), ("/api/v1/companies", "domain"), ("/api/v1/deals", "q"),
     ("/api/v1/deals", "status"), ("/api/v1/threads", "cursor"), ("/api/v1/threads", "verification"),
     ("/api/v1/outbox", "state"), ("/api/v1/messages", "state"), ("/api/v1/messages", "cursor"),
 ])
-def test_text_query_parameter_is_never_a_500(api_client: Client, url: str, param: str, value: str) -> None:
-    resp = api_client.get(f"{url}?{param}={value}")
-    if value == "%ED%A0%80":  # not UTF-8: Django decodes it as U+FFFD, which is text
-        assert resp.status_code in (200, 400), resp.content
-        return
-    _assert_refused(resp, param)
+def test_text_query_parameter_is_never_a_500(api_client: Client, url: str, param: str) -> None:
+    for value in ("%00", "a%00b", "%01", "%0A"):
+        _assert_refused(api_client.get(f"{url}?{param}={value}"), param)
+    # Not UTF-8 (an encoded surrogate): Django decodes it as U+FFFD, which is text.
+    assert api_client.get(f"{url}?{param}=%ED%A0%80").status_code in (200, 400)
 
 
 # --- every operation's inputs ------------------------------------------------------------------------------
