@@ -11,11 +11,13 @@ from __future__ import annotations
 from email.message import EmailMessage
 from typing import Any
 
+import hypothesis.strategies as st
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
+from schemathesis.generation.value import GeneratedValue
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.conversations.mail import ingest
@@ -97,7 +99,55 @@ def api_schema(api_objects: dict[str, list[int]], _keep_test_connection: None) -
                 out[name] = ids[(value // 2) % len(ids)]
         return out
 
+    @loaded.hook
+    def before_generate_body(context: Any, strategy: st.SearchStrategy[Any]) -> Any:
+        return _with_odd_text(strategy, BODY_ODDITIES)
+
+    @loaded.hook
+    def before_generate_query(context: Any, strategy: st.SearchStrategy[Any]) -> Any:
+        return _with_odd_text(strategy, QUERY_ODDITIES)
+
     return loaded
+
+
+# Hypothesis' text never holds a surrogate, and a NUL in a given field is rare in a few examples: one
+# text value (or every one) of most generated bodies and queries gets one of these appended.
+BODY_ODDITIES = ["\x00", "\ud800", "\udcff", "\x01", "\r\n", "\x7f"]
+QUERY_ODDITIES = ["\x00", "\x01", "\n"]  # a URL carries no lone surrogate
+
+
+def _strings(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, str):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _strings(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _strings(v, (*path, i))]
+    return []
+
+
+def _append_at(value: Any, path: tuple[Any, ...], odd: str) -> Any:
+    if not path:
+        return value + odd
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {**value, head: _append_at(value[head], rest, odd)}
+    return [_append_at(v, rest, odd) if i == head else v for i, v in enumerate(value)]
+
+
+def _with_odd_text(strategy: st.SearchStrategy[Any], oddities: list[str]) -> st.SearchStrategy[Any]:
+    def inject(generated: Any, odd: str | None, where: int) -> Any:
+        def change(value: Any) -> Any:
+            spots = _strings(value)
+            if not odd or not spots:
+                return value
+            for spot in spots if where < 0 else [spots[where % len(spots)]]:  # every text value, or one
+                value = _append_at(value, spot, odd)
+            return value
+
+        return generated.map_value(change) if isinstance(generated, GeneratedValue) else change(generated)
+
+    return st.builds(inject, strategy, st.sampled_from([None, *oddities]), st.integers(-1, 50))
 
 
 @pytest.fixture
