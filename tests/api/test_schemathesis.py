@@ -2,9 +2,12 @@
 WSGI app, no network): positive and negative examples, a bounded number per operation, as a real team
 member with a real API token. Any 5xx fails, and so does a JSON answer that does not match the schema.
 
-Path parameters named like ``contact_id`` are drawn half of the time from objects that exist in the
-member's team (a contact, a company, a deal, a thread with a message, a mailbox, an outbox row), so
-updates and actions on real rows are exercised too, not only 404s."""
+Path parameters named like ``contact_id`` stand, when the generated id is even, for an object that
+exists in the member's team (a contact, a company, a deal, a thread with a real message and its
+attachment, a mailbox, an outbox row; no relay hold), so updates and actions on real rows are
+exercised too, not only 404s. Generated text gets NUL, lone surrogates and control characters
+appended (see ``_with_odd_text``). The mailbox connection test is left out (it would connect to
+whatever server a generated PATCH set). Run on SQLite and on PostgreSQL (DATABASE_URL)."""
 
 from __future__ import annotations
 
