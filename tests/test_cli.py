@@ -28,6 +28,24 @@ def test_user_and_token(capsys: Any) -> None:
     assert "no user 'nobody': create one with 'mailroom user create nobody'" in capsys.readouterr().err
 
 
+def test_user_create_with_a_non_utf8_argument_is_refused_naming_it(capsys: Any) -> None:
+    """A byte that is not UTF-8 on the command line reaches Python as a lone surrogate (surrogateescape):
+    an error naming the option, not a traceback, and nothing stored."""
+    from django.contrib.auth import get_user_model
+
+    from mailroom.accounts.models import Team
+
+    bad = b"sales\xff".decode("utf-8", "surrogateescape")
+    assert main(["user", "create", "anna", "--password", "s3cret-pass", "--team", bad]) == 1
+    assert capsys.readouterr().err == (
+        "mailroom: team: a lone surrogate (\\ud800-\\udfff) is not text: send valid UTF-8\n"
+    )
+    assert main(["user", "create", bad, "--password", "s3cret-pass"]) == 1
+    assert capsys.readouterr().err.startswith("mailroom: username: a lone surrogate")
+    assert not get_user_model().objects.exists()
+    assert not Team.objects.exists()
+
+
 def test_mailbox_add_list_test_sync_remove(mail_user: Any, capsys: Any) -> None:
     user = mail_user()
     user.dovecot.deliver_many(user.email, [make_mail(i) for i in range(4)])

@@ -7,9 +7,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from mailroom.accounts.models import ApiToken, Membership, Team
+from mailroom.core.text import check_text
 
 
 def team_get_or_create(*, name: str) -> Team:
+    check_text(name, "team")
     team, _ = Team.objects.get_or_create(name=name)
     return team
 
@@ -19,6 +21,8 @@ def user_create(
     *, username: str, password: str | None, email: str = "", team_name: str | None = None, superuser: bool = False,
     team_admin: bool = False,
 ) -> Any:
+    for value, field in ((username, "username"), (email, "email"), (team_name or "", "team"), (password or "", "password")):
+        check_text(value, field)
     User = get_user_model()
     if User.objects.filter(username=username).exists():
         from mailroom.core.errors import Conflict
@@ -37,6 +41,7 @@ def user_create(
 
 def token_create(*, user: Any, name: str = "") -> str:
     """Create an API token and return it in clear (shown once)."""
+    check_text(name, "name")
     token = ApiToken.new_token()
     ApiToken.objects.create(user=user, name=name, token_hash=ApiToken.hash(token), hint=token[:8])
     return token

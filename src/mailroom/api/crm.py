@@ -13,6 +13,7 @@ from ninja import Router, Schema
 from pydantic import Field
 
 from mailroom.accounts.access import access_team_for_user, default_team_for_user, scope_to_user
+from mailroom.api.inputs import InputSchema, QueryText
 from mailroom.api.params import id_query, limit_query
 from mailroom.conversations.selectors import MAX_LIMIT as TIMELINE_MAX_LIMIT
 from mailroom.conversations.selectors import Page, company_timeline, contact_timeline, deal_timeline
@@ -57,7 +58,7 @@ class ContactOut(Schema):
     created_at: datetime
 
 
-class ContactIn(Schema):
+class ContactIn(InputSchema):
     team_id: int | None = None
     name: str = Field("", max_length=300)
     emails: list[str] = []
@@ -66,7 +67,7 @@ class ContactIn(Schema):
     owner_id: int | None = None
 
 
-class ContactPatch(Schema):
+class ContactPatch(InputSchema):
     name: str | None = Field(None, max_length=300)
     emails: list[str] | None = None
     phone: str | None = Field(None, max_length=50)
@@ -82,13 +83,13 @@ class CompanyOut(Schema):
     created_at: datetime
 
 
-class CompanyIn(Schema):
+class CompanyIn(InputSchema):
     team_id: int | None = None
     name: str = Field(..., max_length=300)
     domains: list[str] = []
 
 
-class CompanyPatch(Schema):
+class CompanyPatch(InputSchema):
     name: str | None = Field(None, max_length=300)
     domains: list[str] | None = None
 
@@ -106,7 +107,7 @@ class DealOut(Schema):
     created_at: datetime
 
 
-class DealIn(Schema):
+class DealIn(InputSchema):
     team_id: int | None = None
     title: str = Field(..., max_length=300)
     contact_id: int | None = None
@@ -117,7 +118,7 @@ class DealIn(Schema):
     owner_id: int | None = None
 
 
-class DealPatch(Schema):
+class DealPatch(InputSchema):
     title: str | None = Field(None, max_length=300)
     contact_id: int | None = None
     company_id: int | None = None
@@ -135,7 +136,9 @@ class IgnoreOut(Schema):
     note: str
 
 
-class IgnoreIn(Schema):
+class IgnoreIn(InputSchema):
+    multiline_fields = frozenset({"note"})
+
     team_id: int | None = None
     kind: str
     value: str = Field(..., max_length=320)
@@ -251,9 +254,9 @@ def timeline_out(page: Page) -> dict[str, Any]:
 @contacts_router.get("", response=ContactPage)
 def list_contacts(
     request: HttpRequest,
-    q: str = "",
-    address: str = "",
-    domain: str = "",
+    q: QueryText = "",
+    address: QueryText = "",
+    domain: QueryText = "",
     company_id: int | None = id_query(),
     cursor: int | None = id_query("next_cursor of the previous page"),
     limit: int = limit_query(50, CRM_MAX_LIMIT),
@@ -309,7 +312,7 @@ def delete_contact(request: HttpRequest, contact_id: int) -> tuple[int, None]:
 
 @contacts_router.get("/{contact_id}/timeline", response=TimelineOut)
 def contact_timeline_view(
-    request: HttpRequest, contact_id: int, cursor: str | None = None, limit: int = limit_query(50, TIMELINE_MAX_LIMIT)
+    request: HttpRequest, contact_id: int, cursor: QueryText | None = None, limit: int = limit_query(50, TIMELINE_MAX_LIMIT)
 ) -> dict[str, Any]:
     contact = access_contact_for_user(request.user, contact_id)
     return timeline_out(contact_timeline(contact_id=contact.pk, cursor=cursor, limit=limit))
@@ -318,7 +321,7 @@ def contact_timeline_view(
 # --- companies -----------------------------------------------------------------------------------------
 @companies_router.get("", response=CompanyPage)
 def list_companies(
-    request: HttpRequest, q: str = "", domain: str = "", cursor: int | None = id_query("next_cursor of the previous page"), limit: int = limit_query(50, CRM_MAX_LIMIT)
+    request: HttpRequest, q: QueryText = "", domain: QueryText = "", cursor: int | None = id_query("next_cursor of the previous page"), limit: int = limit_query(50, CRM_MAX_LIMIT)
 ) -> dict[str, Any]:
     page = selectors.company_list(
         companies=companies_for_user(request.user), q=q, domain=domain, cursor=cursor, limit=limit
@@ -353,7 +356,7 @@ def delete_company(request: HttpRequest, company_id: int) -> tuple[int, None]:
 
 @companies_router.get("/{company_id}/timeline", response=TimelineOut)
 def company_timeline_view(
-    request: HttpRequest, company_id: int, cursor: str | None = None, limit: int = limit_query(50, TIMELINE_MAX_LIMIT)
+    request: HttpRequest, company_id: int, cursor: QueryText | None = None, limit: int = limit_query(50, TIMELINE_MAX_LIMIT)
 ) -> dict[str, Any]:
     company = access_company_for_user(request.user, company_id)
     return timeline_out(company_timeline(company_id=company.pk, cursor=cursor, limit=limit))
@@ -363,8 +366,8 @@ def company_timeline_view(
 @deals_router.get("", response=DealPage)
 def list_deals(
     request: HttpRequest,
-    q: str = "",
-    status: str = "",
+    q: QueryText = "",
+    status: QueryText = "",
     contact_id: int | None = id_query(),
     company_id: int | None = id_query(),
     cursor: int | None = id_query("next_cursor of the previous page"),
@@ -427,7 +430,7 @@ def delete_deal(request: HttpRequest, deal_id: int) -> tuple[int, None]:
 
 @deals_router.get("/{deal_id}/timeline", response=TimelineOut)
 def deal_timeline_view(
-    request: HttpRequest, deal_id: int, cursor: str | None = None, limit: int = limit_query(50, TIMELINE_MAX_LIMIT)
+    request: HttpRequest, deal_id: int, cursor: QueryText | None = None, limit: int = limit_query(50, TIMELINE_MAX_LIMIT)
 ) -> dict[str, Any]:
     deal = access_deal_for_user(request.user, deal_id)
     return timeline_out(deal_timeline(deal_id=deal.pk, cursor=cursor, limit=limit))

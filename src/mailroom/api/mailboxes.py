@@ -16,6 +16,7 @@ from mailroom.accounts.access import (
     mailboxes_for_user,
     require_team_admin,
 )
+from mailroom.api.inputs import InputSchema
 from mailroom.mailboxes.models import Mailbox
 from mailroom.mailboxes.services import mailbox_create, mailbox_delete, mailbox_test, mailbox_update
 
@@ -26,7 +27,7 @@ Provider = Literal["generic", "gmail", "microsoft", "yandex", "mailru"]
 Role = Literal["inbox", "sent", "archive", "all", "drafts", "junk", "trash"]
 
 
-class MailboxIn(Schema):
+class MailboxIn(InputSchema):
     email: str = Field(description="the mailbox address")
     name: str = ""
     team: int | None = Field(None, description="team id (default: your first team)")
@@ -56,7 +57,7 @@ class MailboxIn(Schema):
     message_id_domain: str = ""
 
 
-class MailboxPatch(Schema):
+class MailboxPatch(InputSchema):
     name: str | None = None
     imap_host: str | None = None
     imap_port: int | None = None

@@ -15,8 +15,10 @@ from ninja.security import SessionAuth as NinjaSessionAuth
 from ninja.utils import check_csrf
 
 from mailroom.accounts.services import token_authenticate
+from mailroom.api.inputs import STORABLE_TEXT
 from mailroom.core.crypto import KeyMissingError
 from mailroom.core.errors import MailroomError
+from mailroom.core.text import text_problem
 from mailroom.outbound.limits import MAX_TOTAL_ATTACHMENTS, mib
 
 
@@ -77,8 +79,26 @@ def _mailroom_error(request: HttpRequest, exc: MailroomError) -> HttpResponse:
     return api.create_response(request, body, status=exc.status_code)
 
 
+def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """``("body", "payload", "attachments", 0, "filename")`` -> ``attachments[0].filename``."""
+    out = ""
+    for part in loc:
+        if part in ("body", "payload", "query", "path"):
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 @api.exception_handler(ValidationError)
 def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    text = [err for err in exc.errors if err.get("type") in (STORABLE_TEXT, "string_unicode")]
+    if text and len(text) == len(exc.errors):
+        # Text no database can store (api/inputs.py; pydantic's own check of a str with a length limit
+        # finds a lone surrogate first): a 400 naming the field, as the services say it.
+        err = text[0]
+        field = _field_path(err.get("loc", ())) + str((err.get("ctx") or {}).get("path", ""))
+        msg = err.get("msg") if err.get("type") == STORABLE_TEXT else text_problem("\ud800")
+        return api.create_response(request, {"detail": f"{field}: {msg}", "field": field}, status=400)
     problems = []
     for err in exc.errors:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "payload", "query", "path"))

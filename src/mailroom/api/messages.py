@@ -13,6 +13,7 @@ from ninja import Query, Router, Schema
 from pydantic import Field
 
 from mailroom.accounts.access import access_mailbox_for_user
+from mailroom.api.inputs import InputSchema
 from mailroom.api.params import MAX_DB_ID, MAX_LIMIT
 from mailroom.conversations.access import access_message_for_user, messages_for_user
 from mailroom.conversations.models import Attachment, Message, Source, message_body
@@ -98,7 +99,7 @@ class MessagePage(Schema):
     count: int = Field(description="exact number of messages that match the filters (all pages)")
 
 
-class MessageFilters(Schema):
+class MessageFilters(InputSchema):
     mailbox: int | None = Field(None, ge=1, le=MAX_DB_ID)
     folder: int | None = Field(None, ge=1, le=MAX_DB_ID, description="folder id (see the mailbox's folders)")
     since: datetime | None = None

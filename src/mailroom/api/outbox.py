@@ -9,6 +9,7 @@ from django.http import HttpRequest
 from ninja import Field, Router, Schema
 
 from mailroom.accounts.access import access_mailbox_for_user
+from mailroom.api.inputs import InputSchema, QueryText
 from mailroom.api.params import id_query, limit_query, offset_query
 from mailroom.core.errors import InvalidInput
 from mailroom.outbound.access import access_outbox_for_user, outbox_for_user
@@ -24,7 +25,9 @@ from mailroom.outbound.services import (
 router = Router(tags=["outbox"])
 
 
-class AttachmentIn(Schema):
+class AttachmentIn(InputSchema):
+    multiline_fields = frozenset({"content"})  # base64, in lines or not
+
     filename: str = Field(..., max_length=255)
     content_type: str = "application/octet-stream"
     content: str = Field(..., description="base64")
@@ -32,7 +35,9 @@ class AttachmentIn(Schema):
     content_id: str = ""
 
 
-class OutboxIn(Schema):
+class OutboxIn(InputSchema):
+    multiline_fields = frozenset({"text", "html"})
+
     mailbox: int
     to: list[str] = []
     cc: list[str] = []
@@ -122,7 +127,7 @@ def outbox_compose(request: HttpRequest, payload: OutboxIn) -> tuple[int, dict[s
 
 
 @router.get("", response=list[OutboxOut])
-def outbox_list(request: HttpRequest, state: str | None = None, mailbox: int | None = id_query(),
+def outbox_list(request: HttpRequest, state: QueryText | None = None, mailbox: int | None = id_query(),
                 limit: int = limit_query(), offset: int = offset_query()) -> list[dict[str, Any]]:
     qs = outbox_for_user(request.user).order_by("-id")
     if state:

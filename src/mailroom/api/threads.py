@@ -9,6 +9,7 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Router, Schema
 
+from mailroom.api.inputs import InputSchema, QueryText
 from mailroom.api.params import id_query, limit_query
 from mailroom.conversations import threads as services
 from mailroom.conversations.access import (
@@ -64,15 +65,15 @@ class ThreadPage(Schema):
     next_cursor: str | None
 
 
-class MergeIn(Schema):
+class MergeIn(InputSchema):
     thread_id: int  # the thread to absorb into this one
 
 
-class SplitIn(Schema):
+class SplitIn(InputSchema):
     message_id: int
 
 
-class DealIn(Schema):
+class DealIn(InputSchema):
     deal_id: int | None
 
 
@@ -112,9 +113,9 @@ def thread_detail(t: Thread) -> dict[str, Any]:
 @router.get("", response=ThreadPage)
 def list_threads(
     request: HttpRequest,
-    cursor: str | None = None,
+    cursor: QueryText | None = None,
     limit: int = limit_query(50, MAX_LIMIT),
-    verification: str | None = None,
+    verification: QueryText | None = None,
     deal_id: int | None = id_query(),
 ) -> dict[str, Any]:
     page = thread_list(

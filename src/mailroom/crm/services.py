@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 
 from mailroom.conversations.models import MessageContact
 from mailroom.core.errors import Conflict, InvalidInput
+from mailroom.core.text import check_text
 from mailroom.crm.models import (
     Company,
     CompanyDomain,
@@ -30,7 +31,7 @@ _UNSET: Any = object()
 def _addresses(emails: Iterable[str]) -> list[str]:
     out: list[str] = []
     for e in emails:
-        a = normalize_address(e)
+        a = normalize_address(check_text(e, "emails"))
         if not a:
             raise InvalidInput(f"{e!r} is not an email address", field="emails")
         if a not in out:
@@ -38,14 +39,14 @@ def _addresses(emails: Iterable[str]) -> list[str]:
     return out
 
 
-def _domains(domains: Iterable[str]) -> list[str]:
+def _domains(domains: Iterable[str], field: str = "domains") -> list[str]:
     out: list[str] = []
     for d in domains:
-        d = d.strip().lower().strip(".")
+        d = check_text(d, field).strip().lower().strip(".")
         if d.startswith("@"):
             d = d[1:]
         if not d or "." not in d or " " in d or "@" in d:
-            raise InvalidInput(f"{d!r} is not a domain", field="domains")
+            raise InvalidInput(f"{d!r} is not a domain", field=field)
         if d not in out:
             out.append(d)
     return out
@@ -94,6 +95,8 @@ def contact_create(
     owner: Any = None,
 ) -> Contact:
     _check_team(team_id, company)
+    check_text(name, "name")
+    check_text(phone, "phone")
     contact = Contact.objects.create(
         team_id=team_id, name=name.strip()[:300], phone=phone.strip()[:50], company=company, owner=owner
     )
@@ -113,10 +116,10 @@ def contact_update(
 ) -> Contact:
     fields: list[str] = []
     if name is not None:
-        contact.name = name.strip()[:300]
+        contact.name = check_text(name, "name").strip()[:300]
         fields.append("name")
     if phone is not None:
-        contact.phone = phone.strip()[:50]
+        contact.phone = check_text(phone, "phone").strip()[:50]
         fields.append("phone")
     if company is not _UNSET:
         _check_team(contact.team_id, company)
@@ -165,6 +168,7 @@ def _set_domains(company: Company, domains: list[str]) -> None:
 
 @transaction.atomic
 def company_create(*, team_id: int, name: str, domains: Iterable[str] = ()) -> Company:
+    check_text(name, "name")
     if not name.strip():
         raise InvalidInput("a company needs a name", field="name")
     company = Company.objects.create(team_id=team_id, name=name.strip()[:300])
@@ -177,7 +181,7 @@ def company_update(
     *, company: Company, name: str | None = None, domains: Iterable[str] | None = None
 ) -> Company:
     if name is not None:
-        if not name.strip():
+        if not check_text(name, "name").strip():
             raise InvalidInput("a company needs a name", field="name")
         company.name = name.strip()[:300]
         company.save(update_fields=["name"])
@@ -199,6 +203,7 @@ def _amount(amount: Decimal | None) -> Decimal | None:
 
 
 def _status(status: str) -> str:
+    check_text(status, "status")
     if status not in Deal.Status.values:
         raise InvalidInput(f"status must be one of {', '.join(Deal.Status.values)}", field="status")
     return status
@@ -216,8 +221,9 @@ def deal_create(
     status: str = Deal.Status.OPEN,
     owner: Any = None,
 ) -> Deal:
-    if not title.strip():
+    if not check_text(title, "title").strip():
         raise InvalidInput("a deal needs a title", field="title")
+    check_text(stage, "stage")
     _check_team(team_id, contact, company)
     return Deal.objects.create(
         team_id=team_id,
@@ -245,7 +251,7 @@ def deal_update(
 ) -> Deal:
     fields: list[str] = []
     if title is not None:
-        if not title.strip():
+        if not check_text(title, "title").strip():
             raise InvalidInput("a deal needs a title", field="title")
         deal.title = title.strip()[:300]
         fields.append("title")
@@ -261,7 +267,7 @@ def deal_update(
         deal.owner = owner
         fields.append("owner")
     if stage is not None:
-        deal.stage = stage[:100]
+        deal.stage = check_text(stage, "stage")[:100]
         fields.append("stage")
     if status is not None:
         deal.status = _status(status)
@@ -278,13 +284,16 @@ def deal_delete(*, deal: Deal) -> None:
 
 @transaction.atomic
 def ignore_entry_create(*, team_id: int, kind: str, value: str, note: str = "") -> IgnoreEntry:
+    check_text(kind, "kind")
+    check_text(value, "value")
+    check_text(note, "note", multiline=True)
     if kind == IgnoreEntry.Kind.ADDRESS:
         addr = normalize_address(value)
         if not addr:
             raise InvalidInput(f"{value!r} is not an email address", field="value")
         value = canonical_address(addr)
     elif kind == IgnoreEntry.Kind.DOMAIN:
-        value = _domains([value])[0]
+        value = _domains([value], "value")[0]
     else:
         raise InvalidInput("kind must be 'address' or 'domain'", field="kind")
     entry, created = IgnoreEntry.objects.get_or_create(

@@ -13,6 +13,7 @@ from django.db import transaction
 
 from mailroom.accounts.models import Team
 from mailroom.core.errors import Conflict, InvalidInput
+from mailroom.core.text import check_text
 from mailroom.mailboxes import validation
 from mailroom.mailboxes.connect import (
     LOOPBACK,
@@ -101,9 +102,18 @@ def _check_token_url(url: str) -> None:
         raise InvalidInput("token_url must be an https:// URL of the provider's OAuth2 token endpoint", field="token_url")
 
 
+def _check_texts(data: dict[str, Any]) -> None:
+    """Every text given (the CLI's too, secrets included): storable, one line, no control character."""
+    for key, value in data.items():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, str):
+                check_text(item, key)
+
+
 def mailbox_build(*, team: Team, email: str, name: str = "", **data: Any) -> Mailbox:
     """The mailbox ``mailbox_create`` would store, validated, with its secret, but not saved (nothing
     is written: a connection test can run on it first). ``team`` may be unsaved too."""
+    _check_texts({"email": email, "name": name, **data})
     email = validation.address(email, "email")
     if team.pk is not None and Mailbox.objects.filter(team=team, email=email).exists():
         raise Conflict(f"mailbox {email} is already connected", field="email")
@@ -142,6 +152,7 @@ def mailbox_create(*, team: Team, email: str, name: str = "", **data: Any) -> Ma
 
 @transaction.atomic
 def mailbox_update(*, mailbox: Mailbox, **data: Any) -> Mailbox:
+    _check_texts(data)
     secret_changes = {k: data.pop(k) for k in SECRET_FIELDS if k in data}
     before = {f: getattr(mailbox, f) for f in CONNECTION_FIELDS}
     for k, v in data.items():

@@ -49,7 +49,9 @@ def _list(args: argparse.Namespace) -> int:
 
     qs = OutboxMessage.objects.order_by("-id")
     if args.state:
-        qs = qs.filter(state=args.state)
+        from mailroom.core.text import check_text
+
+        qs = qs.filter(state=check_text(args.state, "state"))
     for row in qs[: args.limit]:
         code = f" {row.last_smtp_code} {row.last_smtp_text[:60]}" if row.last_smtp_code else ""
         print(f"{row.pk}\t{row.state}\t{row.attempts}\t{','.join(row.to)}\t{row.subject[:50]}{code}")

@@ -47,6 +47,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from mailroom.conversations.models import Message, message_body
 from mailroom.core.db import insert_rows
 from mailroom.core.errors import Conflict, InvalidInput
+from mailroom.core.text import check_text
 from mailroom.core.tokens import make_message_id
 from mailroom.events.models import Event
 from mailroom.events.services import events_record
@@ -174,6 +175,14 @@ def check_header_fields(data: ComposeInput) -> None:
     """CR, LF or NUL in anything that ends up in a header is a 400 that names the field."""
     for name in ("to", "cc", "bcc"):
         for i, value in enumerate(getattr(data, name)):
+            check_text(value, f"{name}[{i}]")
+    for name in ("subject", "template", "idempotency_key"):
+        check_text(getattr(data, name) or "", name)
+    for i, att in enumerate(data.attachments):
+        for part in ("filename", "content_type", "content_id"):
+            check_text(getattr(att, part), f"attachments[{i}].{part}")
+    for name in ("to", "cc", "bcc"):
+        for i, value in enumerate(getattr(data, name)):
             _check(value, f"{name}[{i}]")
     _check(data.subject or "", "subject")
     _check(data.template or "", "template")
@@ -183,8 +192,7 @@ def check_header_fields(data: ComposeInput) -> None:
         _check(att.content_type, f"attachments[{i}].content_type")
         _check(att.content_id, f"attachments[{i}].content_id")
     for name in ("text", "html"):
-        if "\0" in getattr(data, name):
-            raise InvalidInput(f"{name}: NUL is not allowed", field=name)
+        check_text(getattr(data, name), name, multiline=True)
     if data.reply_to_choice not in (None, "from", "reply_to"):
         raise InvalidInput("reply_to_choice: must be from or reply_to", field="reply_to_choice")
     if data.auto_submitted not in ("", "auto-replied", "auto-generated"):
