@@ -20,7 +20,7 @@ messages are then parsed one at a time, each under the deadline, and the one tha
 again fails with :class:`ParseTimeout` (one attempt; the pipeline quarantines it after three).
 With workers, small batches are parsed there too (the deadline must hold for the first message of
 a quiet mailbox as for an import); only ``processes=0`` (or a daemonic process, such as a Celery
-prefork child, whose task time limit stands in for it) parses in the calling thread.
+prefork child, which may not start processes) parses in the calling thread, without the deadline.
 """
 
 from __future__ import annotations
