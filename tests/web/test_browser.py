@@ -50,3 +50,36 @@ def test_login_and_live_sync_progress(live_server: Any, team: Any, monkeypatch: 
             assert outside == []
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize(("locale", "label"), [("en-US", "held for review: sender not verified"),
+                                               ("ru-RU", "на проверке: отправитель не подтверждён")])
+def test_recent_mail_marks_unverified_senders(
+    live_server: Any, team: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, locale: str, label: str
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.factories import MessageFactory
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    UserFactory(username="olga", team=team)
+    MessageFactory(team=team, subject="Re: Счёт 7781", from_address="anna@acme.test", from_name="Anna",
+                   routing={"thread": {"flags": ["unverified"], "rules": []}})
+    MessageFactory(team=team, subject="Order", from_address="greg@globex.test", from_name="Greg")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(locale=locale)
+            page.goto(f"{live_server.url}/")
+            page.fill("#id_username", "olga")
+            page.fill("#id_password", "pass-word-1")
+            page.click("input[type=submit]")
+            page.wait_for_url(f"{live_server.url}/")
+            rows = page.locator("#recent tr")
+            texts = {rows.nth(i).inner_text() for i in range(rows.count())}
+            assert any("Re: Счёт 7781" in t and f"⚠ {label}" in t for t in texts), texts
+            assert any("Order" in t and "⚠" not in t for t in texts), texts
+            page.screenshot(path=str(tmp_path / f"home-{locale}.png"), full_page=True)
+        finally:
+            connection.close()
+            browser.close()
