@@ -29,7 +29,7 @@ def test_worker_processes_pipeline_from_broker(team: Any, tmp_path: Path, broker
         "MAILROOM_ENCRYPTION_KEYS": "test1:" + "A" * 43, "MAILROOM_TASKS": "celery", "CELERY_BROKER_URL": broker,
     }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "mailroom.cli", "worker", "--pool", "solo", "--concurrency", "1"],
+        [sys.executable, "-m", "mailroom.cli", "worker", "--concurrency", "2"],  # the default pool: threads
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -270,8 +270,9 @@ else:
     raise ImproperlyConfigured(f"MAILROOM_PARSE_PROCESSES must be auto or a number, not {_parse_processes!r}")
 # Hard deadline (seconds) for parsing a chunk of messages, or one message alone, in a parse worker:
 # past it the worker is killed and the message fails one attempt (quarantined after three). With
-# MAILROOM_PARSE_PROCESSES=0, or in a Celery prefork child (which may not start processes), parsing
-# runs in-process and only the parser's own time budget, checked between its steps, applies.
+# MAILROOM_PARSE_PROCESSES=0, or in a Celery prefork child (which may not start processes; 'mailroom
+# worker' uses the threads pool by default), parsing runs in-process and only the parser's own time
+# budget, checked between its steps, applies.
 MAILROOM_PARSE_DEADLINE = float(os.environ.get("MAILROOM_PARSE_DEADLINE", "30"))
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_TASK_ACKS_LATE = True

@@ -28,7 +28,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     worker = sub.add_parser("worker", help="run a Celery worker for the pipeline (MAILROOM_TASKS=celery)")
     worker.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
-    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    worker.add_argument(
+        "--pool", default="threads", choices=["threads", "solo", "prefork"],
+        help="threads (default) or solo: tasks run in this process and parse in its parse worker processes, "
+        "under the hard deadline (MAILROOM_PARSE_DEADLINE); prefork: Celery's children parse in-process, "
+        "without it (they may not start processes)",
+    )
     worker.add_argument("--loglevel", default="WARNING")
     worker.set_defaults(handler=_worker)
 
