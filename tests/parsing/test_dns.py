@@ -53,3 +53,14 @@ def test_servers_are_host_or_host_port(server: str) -> None:
 
     assert _split(server) == {"10.0.0.1": ("10.0.0.1", 53), "10.0.0.1:5353": ("10.0.0.1", 5353),
                               "[::1]:5353": ("::1", 5353)}[server]
+
+
+def test_without_a_resolver_configuration_keys_are_missing_not_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dns.resolver
+
+    def no_conf(self: object, filename: str = "/etc/resolv.conf") -> None:
+        raise dns.resolver.NoResolverConfiguration("no nameservers")
+
+    monkeypatch.setattr(dns.resolver.Resolver, "read_resolv_conf", no_conf)
+    resolver = TxtResolver([], timeout=0.2)
+    assert resolver(b"sel._domainkey.example.com.") is None

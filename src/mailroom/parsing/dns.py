@@ -43,7 +43,11 @@ class TxtResolver:
             self._resolver.nameservers = [h for h, _ in pairs]
             self._resolver.port = pairs[0][1]
         else:
-            self._resolver = dns.resolver.Resolver()
+            try:
+                self._resolver = dns.resolver.Resolver()
+            except Exception:  # no usable resolv.conf: nothing to ask, every key is missing
+                self._resolver = dns.resolver.Resolver(configure=False)
+                self._resolver.nameservers = []
         self._resolver.lifetime = timeout
         self._resolver.timeout = timeout
         self._cache: OrderedDict[bytes, tuple[float, bytes | None]] = OrderedDict()
