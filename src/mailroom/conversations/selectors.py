@@ -12,6 +12,8 @@ from django.db.models import Q, QuerySet
 from mailroom.conversations.models import Message, MessageContact, Participant, Source, Thread
 from mailroom.core.errors import InvalidInput
 from mailroom.parsing.headers import trim_references
+from mailroom.routing.addresses import canonical_address
+from mailroom.routing.rules import AuthVerdict
 from mailroom.routing.tree import Node, TreeMessage, thread_references
 
 MAX_LIMIT = 200
@@ -258,9 +260,13 @@ class MessageWarning:
     message: str
 
 
-def _authenticated(message: Message) -> bool:
-    from mailroom.routing.rules import AuthVerdict
+def routing_flags(message: Message) -> set[str]:
+    """The resolver's flags recorded on the message (``unverified``, ``unauthenticated``, ...)."""
+    thread = (message.routing or {}).get("thread")
+    return set(thread.get("flags") or ()) if isinstance(thread, dict) else set()
 
+
+def _authenticated(message: Message) -> bool:
     return AuthVerdict.from_json(message.auth).authenticates(message.from_address)[0]
 
 
@@ -270,23 +276,21 @@ def reply_to_risk(message: Message, participants: list[Participant] | None = Non
     so a reply from the CRM to it needs the user's explicit choice. None otherwise."""
     if message.direction == Message.Direction.OUTGOING:
         return None
-    flags = set(((message.routing or {}).get("thread") or {}).get("flags") or ())
-    if _authenticated(message) and not flags & {"unverified", "suspicious"}:
-        return None
     parts = participants if participants is not None else list(message.participants.all())
-    from mailroom.routing.addresses import canonical_address
-
     sender = canonical_address(message.from_address) if message.from_address else ""
     reply_to = [p.address for p in parts if p.role == Participant.Role.REPLY_TO]
     if not reply_to or all(canonical_address(a) == sender for a in reply_to):
+        return None
+    if _authenticated(message) and not routing_flags(message) & {"unverified", "suspicious"}:
         return None
     return reply_to, message.from_address
 
 
 def message_warnings(message: Message, participants: list[Participant] | None = None) -> list[MessageWarning]:
-    """What the reader of this message must know about who sent it (shown above the message)."""
+    """What the reader of this message must know about who sent it (shown above the message).
+    ``participants=[]`` leaves out the Reply-To check (and its query)."""
     out: list[MessageWarning] = []
-    flags = set(((message.routing or {}).get("thread") or {}).get("flags") or ())
+    flags = routing_flags(message)
     if "suspicious" in flags:
         out.append(MessageWarning(
             "suspicious",

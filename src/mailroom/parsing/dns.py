@@ -34,7 +34,7 @@ def _split(server: str) -> tuple[str, int]:
 
 
 class TxtResolver:
-    def __init__(self, servers: Sequence[str] = (), timeout: float = 3.0, *, clock: object = None) -> None:
+    def __init__(self, servers: Sequence[str] = (), timeout: float = 3.0) -> None:
         import dns.resolver
 
         if servers:

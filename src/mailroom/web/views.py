@@ -8,6 +8,7 @@ from django.utils.translation import gettext as _
 
 from mailroom.accounts.access import mailboxes_for_user
 from mailroom.conversations.access import messages_for_user
+from mailroom.conversations.selectors import message_warnings
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -27,22 +28,20 @@ def home(request: HttpRequest) -> HttpResponse:
         .order_by("-date", "-id")
         .only("id", "subject", "from_address", "from_name", "date", "direction", "thread_id", "routing")[:25]
     )
+    labels = _sender_labels()
     for m in recent:
-        m.sender_warning = _sender_warning(m.routing)  # type: ignore[attr-defined]
+        # Who sent it, as the resolver found (the message's first warning; no Reply-To check here).
+        codes = [w.code for w in message_warnings(m, participants=[])]
+        m.sender_warning = labels.get(codes[0], "") if codes else ""  # type: ignore[attr-defined]
     return render(request, "web/home.html", {"mailboxes": _mailboxes(request), "recent": recent})
 
 
-def _sender_warning(routing: dict[str, object] | None) -> str:
-    """Who sent it, as the resolver found (docs/architecture.md, "Who sent it")."""
-    thread = (routing or {}).get("thread")
-    flags = set(thread.get("flags") or ()) if isinstance(thread, dict) else set()
-    if "suspicious" in flags:
-        return _("claims one of our addresses, not authenticated")
-    if "unverified" in flags:
-        return _("held for review: sender not verified")
-    if "unauthenticated" in flags:
-        return _("sender not authenticated")
-    return ""
+def _sender_labels() -> dict[str, str]:
+    return {
+        "suspicious": _("claims one of our addresses, not authenticated"),
+        "unverified": _("held for review: sender not verified"),
+        "unauthenticated": _("sender not authenticated"),
+    }
 
 
 @login_required
