@@ -74,15 +74,21 @@ def test_mail_of_a_revoked_address_cannot_be_released(relay_on: None, sink_mailb
     assert RelayHold.objects.get().decision == ""
 
 
+def _client_reply_forwarded_to_owner(team: Any, mailbox: Any) -> tuple[Any, str]:
+    """A deal owner whose offer the client answered: the answer was forwarded to his personal
+    address. Returns the owner and the relay address his own answer goes to."""
+    owner: Any = UserFactory(team=team, email="owner@company.test")
+    PersonalAddress.objects.create(user=owner, address="owner@personal.test")
+    row = sent_offer(owner, mailbox, relay_to_owner=True)
+    addr = relay_address(row.relay_token.token)  # type: ignore[union-attr]
+    relay_receive(mail_from="client@client.test", rcpt=addr, raw=reply_mail(addr, in_reply_to=row.message_id))
+    return owner, relay_address(RelayToken.objects.get(kind="owner").token)
+
+
 def test_a_released_owner_answer_goes_to_the_client(
     relay_on: None, sink_mailbox: Any, team: Any, user: Any, api_client: Any
 ) -> None:
-    owner: Any = UserFactory(team=team, email="owner@company.test")
-    PersonalAddress.objects.create(user=owner, address="owner@personal.test")
-    row = sent_offer(owner, sink_mailbox, relay_to_owner=True)
-    addr = relay_address(row.relay_token.token)  # type: ignore[union-attr]
-    relay_receive(mail_from="client@client.test", rcpt=addr, raw=reply_mail(addr, in_reply_to=row.message_id))
-    owner_addr = relay_address(RelayToken.objects.get(kind="owner").token)
+    owner, owner_addr = _client_reply_forwarded_to_owner(team, sink_mailbox)
     unauth = (  # no authentication verdict from a trusted server: held
         f"From: Owner <owner@personal.test>\r\nTo: {owner_addr}\r\nSubject: Re: Hello\r\n"
         "Message-ID: <answer1@personal.test>\r\nDate: Sat, 01 Mar 2025 11:00:00 +0000\r\n\r\nDeal: 10% off.\r\n"
@@ -109,12 +115,7 @@ def test_an_owner_answer_signed_by_his_domain_is_relayed_on_our_own_dkim_check(
     from tests.parsing.test_authn import make_key
 
     priv, record = make_key()
-    owner: Any = UserFactory(team=team, email="owner@company.test")
-    PersonalAddress.objects.create(user=owner, address="owner@personal.test")
-    row = sent_offer(owner, sink_mailbox, relay_to_owner=True)
-    addr = relay_address(row.relay_token.token)  # type: ignore[union-attr]
-    relay_receive(mail_from="client@client.test", rcpt=addr, raw=reply_mail(addr, in_reply_to=row.message_id))
-    owner_addr = relay_address(RelayToken.objects.get(kind="owner").token)
+    _, owner_addr = _client_reply_forwarded_to_owner(team, sink_mailbox)
 
     def answer(mid: str, domain: bytes) -> bytes:
         raw = (
