@@ -10,21 +10,12 @@ import signal
 import time
 from pathlib import Path
 
+from mailroom.testing.servers import live_processes, process_alive
+
 
 def session_processes(sid: int) -> dict[int, str]:
     """Live (not zombie) processes of session ``sid``, with their command lines."""
-    found: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            found[int(entry)] = cmdline.strip()
-    return found
+    return {pid: _cmdline(pid) for pid, fields in live_processes().items() if int(fields[3]) == sid}
 
 
 def wait_session_gone(sid: int, timeout: float) -> dict[int, str]:
@@ -41,15 +32,7 @@ def wait_session_gone(sid: int, timeout: float) -> dict[int, str]:
 
 def descendants(pid: int) -> dict[int, str]:
     """Live processes below ``pid`` (children, theirs, ...), whatever their session."""
-    parent_of: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                parent_of[int(entry)] = int(fields[1])
+    parent_of = {p: int(fields[1]) for p, fields in live_processes().items()}
     found: set[int] = set()
     frontier = {pid}
     while frontier:
@@ -61,19 +44,12 @@ def descendants(pid: int) -> dict[int, str]:
 def wait_gone(pids: dict[int, str], timeout: float) -> dict[int, str]:
     """Which of ``pids`` were still running after ``timeout`` seconds; those are then killed."""
     deadline = time.monotonic() + timeout
-    while (left := {p: c for p, c in pids.items() if _alive(p)}) and time.monotonic() < deadline:
+    while (left := {p: c for p, c in pids.items() if process_alive(p)}) and time.monotonic() < deadline:
         time.sleep(0.1)
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return left
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _cmdline(pid: int) -> str:

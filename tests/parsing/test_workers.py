@@ -15,6 +15,7 @@ import pytest
 from mailroom.parsing.headers import summarize_headers
 from mailroom.parsing.mime import ParsedMessage, parse_message
 from mailroom.parsing.workers import CHUNK, ParseFailed, ParseJob, ParsePool, ParseTimeout, WorkerDied
+from mailroom.testing.servers import process_alive
 
 from .helpers import corpus_files
 from .killer import chunk_or_die, chunk_or_hang
@@ -86,7 +87,7 @@ def test_a_stuck_parse_is_killed_at_the_deadline_and_fails_only_its_message() ->
         assert str(results[stuck]) == "parsing ran past the 2 s deadline: the parser process was stopped"
         expected: list[Any] = [parse_message(j.raw) for j in jobs]
         assert [r for i, r in enumerate(results) if i != stuck] == [e for i, e in enumerate(expected) if i != stuck]
-        assert not any(_alive(pid) for pid in before), "the stuck worker was not killed"
+        assert not any(process_alive(pid) for pid in before), "the stuck worker was not killed"
         # A fresh worker parses what comes next.
         assert pool.parse(_jobs(2)) == [parse_message(j.raw) for j in _jobs(2)]
     finally:
@@ -131,14 +132,6 @@ def test_a_known_content_hash_is_taken_as_it_is() -> None:
     assert isinstance(given, ParsedMessage) and given.content_hash == "f" * 64
 
 
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status  # a zombie has exited
-
-
 def test_the_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
     script = tmp_path / "parent.py"
     script.write_text(
@@ -155,6 +148,6 @@ def test_the_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     (worker,) = [int(pid) for pid in proc.stdout.split()]
     deadline = time.monotonic() + 15
-    while _alive(worker) and time.monotonic() < deadline:
+    while process_alive(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(worker), "the parse worker outlived its killed parent"
+    assert not process_alive(worker), "the parse worker outlived its killed parent"

@@ -195,7 +195,22 @@ def _check_traversable(run_dir: Path, who: str) -> None:
             )
 
 
-def _alive(pid: int) -> bool:
+def live_processes() -> dict[int, list[str]]:
+    """Every process that exists and is not a zombie: pid -> its /proc stat fields after the command
+    name (state, ppid, pgrp, session, ...)."""
+    found: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                found[int(entry)] = fields
+    return found
+
+
+def process_alive(pid: int) -> bool:
     """Process exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -205,16 +220,7 @@ def _alive(pid: int) -> bool:
 
 
 def _children(ppid: int) -> list[int]:
-    kids: list[int] = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == ppid and fields[0] != "Z":
-                kids.append(int(entry))
-    return kids
+    return [pid for pid, fields in live_processes().items() if int(fields[1]) == ppid]
 
 
 def _set_pdeathsig() -> None:
@@ -1021,7 +1027,7 @@ class Postfix(_Daemon):
         old = _children(self._proc.pid)
         self._proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_alive(pid) for pid in old):
+        while time.monotonic() < deadline and any(process_alive(pid) for pid in old):
             time.sleep(0.01)
 
     def stop(self) -> None:
