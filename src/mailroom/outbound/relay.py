@@ -183,12 +183,11 @@ def auth_verdict(block: HeaderBlock, sender: str, raw: bytes = b"") -> bool:
     if not getattr(settings, "MAILROOM_RELAY_REQUIRE_AUTH", True):
         return True
     if raw and settings.MAILROOM_DKIM_VERIFY:
-        from mailroom.parsing.authn import aligned, verify_dkim_signatures
+        from mailroom.parsing.authn import verify_dkim_signatures
         from mailroom.parsing.dns import resolver_for
 
         dnsfunc = resolver_for(settings.MAILROOM_DNS_SERVERS, settings.MAILROOM_DNS_TIMEOUT)
-        _, valid = verify_dkim_signatures(raw, dnsfunc)
-        if any(aligned(d, sender.lower().rpartition("@")[2]) for d in valid):
+        if verify_dkim_signatures(raw, dnsfunc, aligned_with=sender.lower().rpartition("@")[2])[1]:
             return True
     trusted = {t.lower() for t in settings.MAILROOM_TRUSTED_AUTHSERV_IDS}
     domain = sender.lower().rpartition("@")[2]

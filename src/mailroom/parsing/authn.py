@@ -2,13 +2,14 @@
 
 Two sources, in this order:
 
-1. ``verify_dkim=True``: every DKIM-Signature (at most ten) is verified with dkimpy; the DNS lookup
-   goes through the injected ``dnsfunc(name: bytes, timeout: int = 5) -> bytes | str | None``
+1. ``verify_dkim=True``: the DKIM-Signatures (of the first ten) whose d= is aligned (relaxed,
+   organizational domain) with the From domain are verified with dkimpy; no other signature can
+   authenticate the sender, and a stranger's signatures so cost no DNS lookup. The lookup goes
+   through the injected ``dnsfunc(name: bytes, timeout: int = 5) -> bytes | str | None``
    (``parsing.dns.TxtResolver`` in production, a loopback DNS server or a function in tests; without
    a dnsfunc nothing is looked up and signatures are reported as "fail"). A signature with an
    ``l=`` body length vouches for the first ``l`` bytes only: anyone may append to the rest, so such
-   a signature is not counted. DMARC is "pass" when a valid signature's d= is aligned (relaxed,
-   organizational domain) with the From domain.
+   a signature is not tried. A valid one is DMARC "pass".
 2. The ``Authentication-Results`` header added by one of ``trusted_authserv_ids`` (our own receiving
    servers) is parsed with ``authres``; headers from any other authserv-id are ignored, since anyone
    can write one. It is used when our own check found no aligned pass, and it alone can say
@@ -75,8 +76,14 @@ def _no_dns(name: bytes, timeout: int = 5) -> None:
     return None
 
 
-def verify_dkim_signatures(raw: bytes, dnsfunc: DnsFunc | None) -> tuple[int, list[str]]:
-    """(number of signatures, d= domains of the valid ones). Never raises."""
+def verify_dkim_signatures(
+    raw: bytes, dnsfunc: DnsFunc | None, aligned_with: str | None = None
+) -> tuple[int, list[str]]:
+    """(number of signatures tried, d= domains of the valid ones). Never raises.
+
+    With ``aligned_with`` (the From domain) only signatures whose d= is aligned with it are tried:
+    no other signature can authenticate the sender, and a stranger's signatures then cost no DNS
+    lookup (nor time) at all. Signatures with an ``l=`` body length are never tried."""
     try:
         import dkim
     except ImportError:  # pragma: no cover
@@ -99,10 +106,15 @@ def verify_dkim_signatures(raw: bytes, dnsfunc: DnsFunc | None) -> tuple[int, li
         sigs = [v for k, v in d.headers if k.lower() == b"dkim-signature"]
     except Exception:
         return 0, []
+    tried = 0
     valid: list[str] = []
-    for idx in range(min(len(sigs), 10)):
-        if _has_body_length(sigs[idx]):
-            continue  # vouches for a prefix only: the rest could be anyone's
+    for idx, sig in enumerate(sigs[:10]):
+        tags = _tags(sig)
+        if tags is None or b"l" in tags:
+            continue  # unreadable, or vouches for a prefix only: the rest could be anyone's
+        if aligned_with is not None and not aligned(tags.get(b"d", b"").decode("ascii", "replace"), aligned_with):
+            continue
+        tried += 1
         try:
             ok = d.verify(idx=idx, dnsfunc=_dns)
         except Exception:
@@ -116,16 +128,16 @@ def verify_dkim_signatures(raw: bytes, dnsfunc: DnsFunc | None) -> tuple[int, li
                 dom = ""
             if dom:
                 valid.append(dom)
-    return len(sigs), valid
+    return tried, valid
 
 
-def _has_body_length(signature: bytes) -> bool:
+def _tags(signature: bytes) -> dict[bytes, bytes] | None:
     try:
         from dkim.util import parse_tag_value
 
-        return b"l" in parse_tag_value(b"".join(signature.split()))
-    except Exception:  # a signature we cannot read is not counted either (dkimpy fails it)
-        return True
+        return dict(parse_tag_value(b"".join(signature.split())))
+    except Exception:  # a signature we cannot read is not tried (dkimpy would fail it)
+        return None
 
 
 def parse_trusted_authres(
@@ -201,15 +213,14 @@ def authenticate(
     from_domain = from_domain.lower()
     trusted = parse_trusted_authres(headers, trusted_authserv_ids, from_domain)
     if verify_dkim:
-        count, valid = verify_dkim_signatures(raw, dnsfunc)
+        count, valid = verify_dkim_signatures(raw, dnsfunc, aligned_with=from_domain)
         if count:
             spf = trusted.spf if trusted is not None else "none"
-            domains = tuple(dict.fromkeys(valid))
-            if any(aligned(d, from_domain) for d in domains):
-                return AuthResult("pass", domains, "pass", spf, "dkim")
+            if valid:  # tried signatures are aligned with the From domain
+                return AuthResult("pass", tuple(dict.fromkeys(valid)), "pass", spf, "dkim")
             if trusted is not None and trusted.dmarc != "none":
                 return trusted  # e.g. dmarc=pass by aligned SPF at our MX, or its dmarc=fail
-            return AuthResult("pass" if domains else "fail", domains, "none", spf, "dkim")
+            return AuthResult("fail", (), "none", spf, "dkim")
     if trusted is not None:
         return trusted
     if verify_dkim:
