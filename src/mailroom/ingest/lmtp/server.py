@@ -130,11 +130,8 @@ class RelaySMTP(SMTP):
             self.transport.close()  # after the 421 is written (push drains); the loop then ends
 
 
-class RelayLMTP(LMTP):
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        await super().smtp_RCPT(arg)
-        if getattr(self.session, _CLOSE, False) and self.transport is not None:
-            self.transport.close()
+class RelayLMTP(RelaySMTP, LMTP):
+    """The same over LMTP (aiosmtpd's LMTP is its SMTP with another greeting and per-recipient DATA)."""
 
 
 def start_relay_server(*, host: str = "127.0.0.1", port: int = 2525, lmtp: bool = False) -> RelayController:
