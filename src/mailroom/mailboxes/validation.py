@@ -7,16 +7,15 @@ import ipaddress
 import re
 
 from mailroom.core.errors import InvalidInput
+from mailroom.core.text import check_text
 
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 
 
 def no_control(value: str, field: str) -> str:
-    """``value`` unless it holds a control character (CR, LF, NUL, ...)."""
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise InvalidInput(f"{field}: control characters (CR, LF, NUL, tab) are not allowed", field=field)
-    return value
+    """``value`` unless it holds a control character (CR, LF, NUL, ...) or a lone surrogate."""
+    return check_text(value, field)
 
 
 def hostname(value: str, field: str) -> str:
