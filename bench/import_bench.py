@@ -1,16 +1,23 @@
-"""Import benchmark: Mailroom's initial IMAP import beside mbsync pulling the same mailbox.
+"""Import benchmark: Mailroom's initial IMAP import, on the path a user runs, beside mbsync pulling the
+same mailbox in the same run.
 
 Generates a realistic mailbox (mixed sizes, attachments, Cyrillic charsets, threads) into a private
-Dovecot on loopback, then in one run:
+Dovecot on loopback; then, each from a quiet disk (``sync`` before each):
 
 * mbsync (Debian's isync, Maildir, default fsync) copies the mailbox;
-* Mailroom, in a fresh child process, as `mailroom sync --once` runs (the parse/thread pipeline in
-  background threads and parse worker processes beside the import): messages/s until every message is
-  stored (raw + identity, visible through the API), and until the full body parse and threading have
-  completed;
-  the child's peak RSS is reported (the generator runs in another process and does not count).
+* **the product**: ``mailroom serve`` is started on a fresh data directory (and, with
+  ``--database-url``, an emptied PostgreSQL database), the mailbox is added through the REST API with
+  the API token the first start prints, and the clock stops when ``GET /api/v1/messages`` (linked
+  messages: parsed and threaded) counts as many messages as the server holds; every Message-ID is
+  then checked to be listed exactly once. Meanwhile a client polls the API four times a second (its
+  p50/p95 latency is printed) and the PSS of serve's whole process tree (the parse workers and any
+  pipeline process included) is sampled every 0.2 s;
+* ``mailroom sync --once`` in a child process, as a second line (stored, then parsed and threaded).
 
-    .venv/bin/python bench/import_bench.py --messages 20000 [--database-url postgres://...]
+    .venv/bin/python bench/import_bench.py --messages 20000 [--database-url postgres://...] [--runs 3]
+    [--skip-once]
+
+With ``--database-url`` the database named there is dropped and created afresh for each run.
 """
 
 from __future__ import annotations
@@ -24,7 +31,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -85,7 +95,7 @@ def generate(n: int, seed: int = 7) -> Iterator[bytes]:
 
 def run_mbsync(host: str, port: int, workdir: Path) -> float:
     maildir = workdir / "mbsync-maildir"
-    maildir.mkdir()
+    maildir.mkdir(parents=True)
     rc = workdir / "mbsyncrc"
     rc.write_text(
         f"""IMAPAccount bench
@@ -187,10 +197,237 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
+
+_CPU: dict[int, int] = {}  # pid -> CPU ticks seen, of serve's process tree
+_NAMES: dict[int, str] = {}
+
+
+def _process_name(cmdline: bytes, child_of_root: bool) -> str:
+    if b"resource_tracker" in cmdline:
+        return "resource tracker"
+    if b"spawn_main" in cmdline:  # serve's own child: the pipeline; its children: the parse workers
+        return "pipeline process" if child_of_root else "parse worker"
+    return " ".join(a.rsplit("/", 1)[-1] for a in cmdline.decode(errors="replace").split("\0")[:3] if a)[:40]
+
+
+def tree_pss_kb(root: int) -> dict[str, int]:
+    """PSS of ``root`` and each of its descendants, in kB, by "pid name" (a process gone meanwhile
+    is left out)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    out: dict[str, int] = {}
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            # utime, stime, and those of its reaped children (a parse worker restarted): clock ticks
+            _CPU[pid] = max(_CPU.get(pid, 0), sum(int(x) for x in fields[11:15]))
+            if pid not in _NAMES:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    _NAMES[pid] = _process_name(f.read(), parents.get(pid) == root)
+        except (OSError, ValueError):
+            pass
+        try:
+            name = _NAMES.get(pid, "?")
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        out[f"{pid} {name}"] = int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return out
+
+
+class Api:
+    def __init__(self, base: str, token: str) -> None:
+        self.base, self.token = base, token
+
+    def call(self, method: str, path: str, body: dict[str, object] | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers={  # noqa: S310
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback only (http://127.0.0.1)
+            return json.loads(resp.read() or b"null")
+
+    def count(self, mailbox: int, state: str = "linked") -> int:
+        return int(self.call("GET", f"/api/v1/messages?mailbox={mailbox}&limit=1&state={state}")["count"])
+
+    def message_ids(self, mailbox: int) -> list[str]:
+        out: list[str] = []
+        cursor = ""
+        while True:
+            q = f"/api/v1/messages?mailbox={mailbox}&limit=500" + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else "")
+            page = self.call("GET", q)
+            out.extend(m["message_id"] for m in page["items"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                return out
+
+
+def fresh_database(url: str) -> None:
+    """Drop and create the database ``url`` names (PostgreSQL)."""
+    import psycopg
+
+    parts = urllib.parse.urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin = urllib.parse.urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def run_env(workdir: Path, database_url: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "MAILROOM_DATA_DIR": str(workdir),
+        "MAILROOM_ENCRYPTION_KEYS": "bench:" + "A" * 43,
+    }
+    if database_url:
+        fresh_database(database_url)
+        env["DATABASE_URL"] = database_url
+    else:
+        env.pop("DATABASE_URL", None)
+    return env
+
+
+def run_serve(args: argparse.Namespace, imap_port: int, workdir: Path, expected: set[str]) -> dict[str, float]:
+    """The product's path: ``mailroom serve``, the mailbox added through the REST API, the clock
+    stopped when the API lists every message."""
+    from mailroom.testing.servers import free_port
+
+    workdir.mkdir(parents=True)
+    env = run_env(workdir, args.database_url)
+    port = free_port()
+    os.sync()
+    spy = os.environ.get("BENCH_PYSPY")  # a profile of serve's process tree (py-spy's raw format)
+    prefix = ["py-spy", "record", "--subprocesses", "-r", "100", "-f", "raw", "-o", spy, "--"] if spy else []
+    proc = subprocess.Popen(
+        [*prefix, str(Path(sys.executable).parent / "mailroom"), "serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    token = ""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("API token for scripts:"):
+            token = line.split(":", 1)[1].strip()
+            break
+    if not token:
+        proc.wait(10)
+        raise SystemExit(f"mailroom serve did not start:\n{proc.stderr.read()[-4000:] if proc.stderr else ''}")
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining its output
+    api = Api(f"http://127.0.0.1:{port}", token)
+    at_peak = tree_pss_kb(proc.pid)
+    peak = [sum(at_peak.values())]
+    idle_pss = peak[0]
+    done = threading.Event()
+    latencies: list[float] = []
+
+    def sample() -> None:
+        nonlocal at_peak
+        while not done.wait(0.2):
+            now = tree_pss_kb(proc.pid)
+            if sum(now.values()) > peak[0]:
+                peak[0], at_peak = sum(now.values()), now
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        tree_pss_kb(proc.pid)
+        cpu0 = dict(_CPU)  # start-up (migrations, the first admin) is not the import's
+        t0 = time.perf_counter()
+        mb = api.call("POST", "/api/v1/mailboxes", {
+            "email": USER, "imap_host": "127.0.0.1", "imap_port": imap_port, "imap_security": "plain",
+            "smtp_host": "127.0.0.1", "smtp_port": 25, "smtp_security": "plain", "password": PASSWORD,
+            "sync_roles": ["inbox"],
+        })
+        n = len(expected)
+        stored_at = 0.0
+        while True:
+            t = time.perf_counter()
+            linked = api.count(mb["id"])
+            latencies.append(time.perf_counter() - t)
+            if not stored_at:
+                t = time.perf_counter()
+                if api.count(mb["id"], "any") >= n:
+                    stored_at = time.perf_counter() - t0
+                latencies.append(time.perf_counter() - t)
+            if linked >= n:
+                secs = time.perf_counter() - t0
+                break
+            if proc.poll() is not None:
+                raise SystemExit(f"mailroom serve exited:\n{proc.stderr.read()[-4000:] if proc.stderr else ''}")
+            time.sleep(0.25)
+        done.set()
+        sampler.join()
+        tree_pss_kb(proc.pid)
+        for pid, ticks in cpu0.items():
+            _CPU[pid] -= ticks
+        cpu = sum(_CPU.values()) / os.sysconf("SC_CLK_TCK")
+        t = time.perf_counter()
+        listed = api.message_ids(mb["id"])
+        list_secs = time.perf_counter() - t
+        missing = expected - set(listed)
+        if missing or len(listed) != len(set(listed)) or len(listed) != n:
+            raise SystemExit(f"serve run: {len(missing)} Message-IDs missing, {len(listed) - len(set(listed))} doubled")
+    finally:
+        done.set()
+        if spy:  # py-spy writes its profile on SIGINT
+            import signal
+
+            proc.send_signal(signal.SIGINT)
+        else:
+            proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    latencies.sort()
+    return {
+        "secs": secs, "stored_secs": stored_at or secs, "list_secs": list_secs,
+        "pss_mb": peak[0] / 1024, "idle_pss_mb": idle_pss / 1024,
+        "p50_ms": latencies[len(latencies) // 2] * 1000, "p95_ms": latencies[int(len(latencies) * 0.95)] * 1000,
+        "requests": len(latencies), "cpu": cpu,
+        "cpu_by": ", ".join(f"{_NAMES.get(pid, '?')} {ticks / os.sysconf('SC_CLK_TCK'):.1f}" for pid, ticks in _CPU.items()),
+        "at_peak": ", ".join(f"{name.split(' ', 1)[1]} {kb / 1024:.0f}" for name, kb in sorted(at_peak.items())),
+    }
+
+
+def run_once(args: argparse.Namespace, imap_port: int, workdir: Path) -> dict[str, float]:
+    env = run_env(workdir, args.database_url)
+    os.sync()
+    spy = os.environ.get("BENCH_PYSPY_ONCE")
+    prefix = ["py-spy", "record", "--subprocesses", "-r", "100", "-f", "raw", "-o", spy, "--"] if spy else []
+    cp = subprocess.run(
+        [*prefix, sys.executable, __file__, "--child", "--imap-port", str(imap_port)],
+        env=env, capture_output=True, text=True,
+    )
+    if cp.returncode != 0:
+        raise SystemExit(f"Mailroom run failed:\n{cp.stderr[-4000:]}")
+    if os.environ.get("BENCH_PROFILE"):
+        print(cp.stderr)
+    return json.loads(cp.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
+    ap.add_argument("--runs", type=int, default=1, help="serve runs (each beside a fresh mbsync run)")
+    ap.add_argument("--skip-once", action="store_true", help="leave out the `sync --once` line")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--imap-port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -202,67 +439,61 @@ def main() -> int:
     from mailroom.testing.servers import Dovecot
 
     dovecot = Dovecot(workdir / "servers").start()
+    db = "PostgreSQL" if args.database_url.startswith("postgres") else "SQLite (WAL, synchronous=FULL)"
+    store = os.environ.get("MAILROOM_RAW_STORE") or ("database" if db == "PostgreSQL" else "files")
+    db += f", raw bytes in {'segment files' if store == 'files' else 'the database'}"
     try:
         dovecot.add_user(USER, PASSWORD)
         t = time.perf_counter()
         sizes: list[int] = []
+        expected: set[str] = set()
 
         def counted() -> Iterator[bytes]:
             for raw in generate(args.messages):
                 sizes.append(len(raw))
+                head = raw[: raw.find(b"\n\n")]
+                mid = head.split(b"Message-ID: <", 1)[1].split(b">", 1)[0]
+                expected.add(mid.decode())
                 yield raw
 
         dovecot.deliver_many(USER, counted())
         total_mb = sum(sizes) / 1e6
         print(f"generated and loaded {args.messages} messages ({total_mb:.0f} MB) in {time.perf_counter() - t:.1f} s", flush=True)
-
-        # Each timed run starts with nothing left to write back: the loading (and the previous run)
-        # would otherwise be flushed to disk during it and slow its fsyncs down at random.
-        os.sync()
-        mb_secs = run_mbsync(dovecot.host, dovecot.imap_port, workdir)
-        mbsync_rate = args.messages / mb_secs
-        print(f"mbsync done in {mb_secs:.1f} s", flush=True)
-
-        env = {
-            **os.environ,
-            "MAILROOM_DATA_DIR": str(workdir / "data"),
-            "MAILROOM_ENCRYPTION_KEYS": "bench:" + "A" * 43,
-        }
-        if args.database_url:
-            env["DATABASE_URL"] = args.database_url
-        else:
-            env.pop("DATABASE_URL", None)
-        os.sync()
-        prefix = ["py-spy", "record", "-r", "200", "-f", "raw", "-o", os.environ["BENCH_PYSPY"], "--threads", *os.environ.get("BENCH_PYSPY_ARGS", "").split(), "--"] if os.environ.get("BENCH_PYSPY") else []
-        cp = subprocess.run(
-            [*prefix, sys.executable, __file__, "--child", "--imap-port", str(dovecot.imap_port)],
-            env=env, capture_output=True, text=True,
-        )
-        if cp.returncode != 0:
-            raise SystemExit(f"Mailroom run failed:\n{cp.stderr[-4000:]}")
-        if os.environ.get("BENCH_PROFILE"):
-            print(cp.stderr)
-        r = json.loads(cp.stdout.strip().splitlines()[-1])
-        db = "PostgreSQL" if args.database_url.startswith("postgres") else "SQLite (WAL, synchronous=FULL)"
-        store = os.environ.get("MAILROOM_RAW_STORE") or ("database" if db == "PostgreSQL" else "files")
-        db += f", raw bytes in {'segment files' if store == 'files' else 'the database'}"
-        rate = r["stored"] / r["stored_secs"]
-        full_secs = r["stored_secs"] + r["processed_secs"]
-        full_rate = r["stored"] / full_secs
-        print()
-        print(f"mailbox: {args.messages} messages, {total_mb:.0f} MB; database: {db}; {os.cpu_count()} cores")
-        print(f"mbsync (isync, Maildir, fsync)        : {mbsync_rate:8.0f} msgs/s  ({mb_secs:.1f} s)")
-        print(f"Mailroom import (stored, API-visible) : {rate:8.0f} msgs/s  ({r['stored_secs']:.1f} s, {r['stored']} messages)")
-        print(f"  ratio Mailroom import / mbsync      : {rate / mbsync_rate:8.2f}  (target >= 1.0); CPU "
-              f"{r['import_cpu']:.1f} s over {r['stored_secs']:.1f} s wall")
-        print(f"Mailroom import + full parse + thread : {full_rate:8.0f} msgs/s  ({full_secs:.1f} s; the pipeline runs "
-              f"beside the import: {r['linked_at_import']} linked when the import ended)")
-        print(f"  CPU, Mailroom and its parse workers : {r['cpu_total']:8.1f} s  (over {full_secs:.1f} s wall on {os.cpu_count()} cores)")
-        print(f"  ratio full / mbsync                 : {full_rate / mbsync_rate:8.2f}  (target >= 0.5)")
-        print(f"  states {r['states']}, {r['threads']} threads")
-        print(f"peak RSS of the Mailroom process      : {r['rss_mb']:8.0f} MB  (import phase {r['rss_import_mb']:.0f} MB; target < 300 MB)")
-        print(f"  the other Mailroom processes (the pipeline's, its {r['parse_processes']} parse worker(s)): the largest "
-              f"peaked at {r['worker_rss_mb']:.0f} MB")
+        print(f"mailbox: {args.messages} messages, {total_mb:.0f} MB; database: {db}; {os.cpu_count()} cores", flush=True)
+        for run in range(1, args.runs + 1):
+            os.sync()
+            mb_secs = run_mbsync(dovecot.host, dovecot.imap_port, workdir / f"mbsync-{run}")
+            shutil.rmtree(workdir / f"mbsync-{run}", ignore_errors=True)
+            mbsync_rate = args.messages / mb_secs
+            r = run_serve(args, dovecot.imap_port, workdir / f"serve-{run}", expected)
+            shutil.rmtree(workdir / f"serve-{run}", ignore_errors=True)
+            rate = args.messages / r["secs"]
+            print(f"run {run}:")
+            print(f"  mbsync (isync, Maildir, fsync)            : {mbsync_rate:8.0f} msgs/s  ({mb_secs:.1f} s)")
+            print(f"  mailroom serve + REST API, all listed     : {rate:8.0f} msgs/s  ({r['secs']:.1f} s; stored at "
+                  f"{r['stored_secs']:.1f} s; parsed and threaded, every Message-ID listed once)")
+            print(f"    ratio serve / mbsync                    : {rate / mbsync_rate:8.2f}  (target >= "
+                  f"{'0.7' if db.startswith('PostgreSQL') else '1.0'})")
+            print(f"    CPU of serve's process tree             : {r['cpu']:8.1f} s  ({r['cpu'] * 1000 / args.messages:.2f} ms "
+                  f"a message; {os.cpu_count()} cores give {os.cpu_count() * r['secs']:.1f} s in that time)")
+            print(f"      s by process: {r['cpu_by']}")
+            print(f"    peak PSS of serve's process tree        : {r['pss_mb']:8.0f} MB  (idle {r['idle_pss_mb']:.0f} MB; target < 300 MB)")
+            print(f"      at the peak, MB by process: {r['at_peak']}")
+            print(f"    API during the import                   : p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms "
+                  f"over {r['requests']:.0f} count requests; listing all {args.messages} took {r['list_secs']:.1f} s")
+            sys.stdout.flush()
+        if not args.skip_once:
+            (workdir / "once").mkdir()
+            r = run_once(args, dovecot.imap_port, workdir / "once")
+            rate = r["stored"] / r["stored_secs"]
+            full_secs = r["stored_secs"] + r["processed_secs"]
+            print("second line, `mailroom sync --once` (a child process, as the command runs):")
+            print(f"  stored (raw + identity)                   : {rate:8.0f} msgs/s  ({r['stored_secs']:.1f} s, "
+                  f"{r['stored']} messages; CPU {r['import_cpu']:.1f} s)")
+            print(f"  stored + parsed + threaded                : {r['stored'] / full_secs:8.0f} msgs/s  ({full_secs:.1f} s; "
+                  f"{r['linked_at_import']} linked when the import ended; states {r['states']}, {r['threads']} threads)")
+            print(f"  peak RSS                                  : {r['rss_mb']:8.0f} MB  (largest other process "
+                  f"{r['worker_rss_mb']:.0f} MB); CPU of all its processes {r['cpu_total']:.1f} s")
     finally:
         dovecot.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mailroom.core.memory import tune_malloc
+
+    tune_malloc()  # before any thread: see core/memory.py
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)

@@ -130,3 +130,37 @@ def test_idle_is_not_a_busy_loop(mail_user: Any, monkeypatch: pytest.MonkeyPatch
         engine.stop()
     # One pass to start, then one per 2-second IDLE slice: a handful, not hundreds.
     assert 1 <= calls["examine"] <= 5, calls
+
+
+def test_pipeline_runs_in_a_process_of_its_own_restarted_if_killed(mail_user: Any, settings: Any) -> None:
+    """`mailroom serve`'s engine parses and links in a process of its own (with its parse workers),
+    not in threads competing with the web and the import; a pipeline process that dies is started
+    again and nothing is lost; stop() leaves no process behind."""
+    from mailroom.testing.servers import process_alive
+    from tests.procs import descendants
+
+    settings.MAILROOM_PARSE_PROCESSES = 1
+    user = mail_user()
+    user.dovecot.deliver_many(user.email, [make_mail(i) for i in range(3)])
+    mailbox_for(user, sync_roles=["inbox"])
+    engine = SyncEngine(reconcile_seconds=0.2)
+    assert engine.own_process and engine.workers == []
+    engine.start()
+    try:
+        _wait(lambda: Message.objects.filter(state=Message.State.LINKED).count() == 3, 30)
+        first = engine._process
+        assert first.pid != os.getpid() and first.is_alive()
+        started = {first.pid, *descendants(first.pid)}
+        assert len(started) >= 2  # its parse worker
+        os.kill(first.pid, signal.SIGKILL)
+        first.join(5)
+        user.dovecot.deliver_lmtp(user.email, [make_mail(3)])
+        _wait(lambda: Message.objects.filter(state=Message.State.LINKED).count() == 4, 30)
+        assert engine._process is not first and engine._process.is_alive()
+        started |= {engine._process.pid, *descendants(engine._process.pid)}
+    finally:
+        engine.stop()
+    assert not engine._process.is_alive()
+    # The killed process's parse worker went with it; the second process and its workers at stop().
+    _wait(lambda: not any(process_alive(pid) for pid in started), 5)
+    assert Message.objects.filter(state=Message.State.LINKED).count() == 4

@@ -1,4 +1,5 @@
-"""The pipeline's process beside an import (``pipeline.in_background``).
+"""The pipeline's processes: beside an import (``pipeline.in_background``, ``mailroom sync --once``)
+and beside the sync engine (``mailroom serve``, ``mailroom sync``: :func:`engine_pipeline_process`).
 
 Its own module, importing nothing of Django at the top: a spawned process unpickles its target by
 importing the target's module, before Django is set up."""
@@ -43,4 +44,47 @@ def pipeline_process(
     finally:
         results.put(n)
         parse_pool(settings.MAILROOM_PARSE_PROCESSES).shutdown()
+        connections.close_all()
+
+
+def engine_pipeline_process(overrides: dict[str, Any], stop: Any, wake: Any, parent: int, threads: int) -> None:
+    """The pipeline of a long-running engine, in a process of its own: ``threads`` pipeline threads
+    parse (in this process's parse workers) and link, woken by ``wake`` (set by the engine on every
+    commit of new mail and by its sweeper), until ``stop`` is set. The engine's process keeps its
+    interpreter lock for the web, the API and the IMAP import. Ends within a second if its parent
+    is gone (see :func:`pipeline_process`)."""
+    from mailroom.parsing.workers import exit_with_parent
+
+    exit_with_parent(parent)
+    import threading
+
+    import django
+    from django.conf import settings
+
+    for name, value in overrides.items():
+        setattr(settings, name, value)
+    django.setup()
+    from django.db import connections
+
+    from mailroom.ingest.engine import PipelineWorker
+    from mailroom.parsing.workers import parse_pool
+
+    pool = parse_pool(settings.MAILROOM_PARSE_PROCESSES, settings.MAILROOM_PARSE_DEADLINE)
+    pool.warm()  # the first new message does not wait for the workers' start-up
+    done = threading.Event()
+    workers = [PipelineWorker(done, name=f"pipeline-{i}") for i in range(threads)]
+    for w in workers:
+        w.start()
+    try:
+        while not stop.is_set() and os.getppid() == parent:
+            if wake.wait(0.5):
+                wake.clear()
+                for w in workers:
+                    w.wake.set()
+    finally:
+        done.set()
+        for w in workers:
+            w.wake.set()
+            w.join()
+        pool.shutdown()
         connections.close_all()

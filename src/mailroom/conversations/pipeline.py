@@ -329,14 +329,10 @@ def _in_process_beside(handled: list[int]) -> Iterator[None]:
     is left and this process, its import done, links (``_link_beside``). Before, the child did both
     while this process waited: after the import its core was idle a fifth of the time, the child
     being at 90% of a core and its parse worker waiting for it (per-second samples)."""
-    from django.conf import settings
-
     ctx = multiprocessing.get_context("spawn")  # never fork a process with threads and connections
     stop, wake, handed = ctx.Event(), ctx.Event(), ctx.Event()
     results = ctx.SimpleQueue()
-    # The child has this process's configuration, as changed at run time too (a test database).
-    overrides = {name: getattr(settings, name) for name in dir(settings) if name.startswith("MAILROOM_")}
-    overrides["DATABASES"] = {**settings.DATABASES, DEFAULT_DB_ALIAS: dict(connection.settings_dict)}
+    overrides = child_settings()
     # Not daemonic: it starts parse workers of its own. It stops by itself if this process dies.
     from mailroom.conversations.background import pipeline_process
 
@@ -361,6 +357,16 @@ def _in_process_beside(handled: list[int]) -> Iterator[None]:
         handled.extend((0 if results.empty() else results.get(), linked))
         if child.exitcode:
             log.warning("pipeline.process_failed", extra={"exitcode": child.exitcode})
+
+
+def child_settings() -> dict[str, Any]:
+    """What a spawned pipeline process sets before ``django.setup()``: this process's configuration,
+    as changed at run time too (a test database)."""
+    from django.conf import settings
+
+    overrides = {name: getattr(settings, name) for name in dir(settings) if name.startswith("MAILROOM_")}
+    overrides["DATABASES"] = {**settings.DATABASES, DEFAULT_DB_ALIAS: dict(connection.settings_dict)}
+    return overrides
 
 
 def _wait_for(event: Any, child: Any) -> bool:

@@ -6,12 +6,14 @@ another process takes over (failover)."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import socket
 import threading
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connections
@@ -91,9 +93,21 @@ class SyncEngine:
         # Two pipeline threads take turns at the stages: one links a batch while the parse worker
         # processes have the next one parsed.
         self.celery = settings.MAILROOM_TASKS == "celery"
-        self.workers = (
-            [] if self.celery else [PipelineWorker(self.stop_event, name=f"pipeline-{i}") for i in range(pipeline_workers)]
+        # Where parse workers are configured, the pipeline runs in a process of its own (as beside
+        # `sync --once`): in this one it competed with the import, the web and the API for one
+        # interpreter lock (bench/import_bench.py, `mailroom serve`: see docs/architecture.md).
+        self.own_process = (
+            not self.celery and pipeline_workers > 0 and settings.MAILROOM_PARSE_PROCESSES > 0
+            and not multiprocessing.current_process().daemon
         )
+        self.pipeline_workers = pipeline_workers
+        self.workers = (
+            [] if self.celery or self.own_process
+            else [PipelineWorker(self.stop_event, name=f"pipeline-{i}") for i in range(pipeline_workers)]
+        )
+        self._process: Any = None
+        self._process_stop: Any = None
+        self._process_wake: Any = None
         self._last_sweep = 0.0
         self._wakeup = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sync-engine", daemon=True)
@@ -103,17 +117,41 @@ class SyncEngine:
         _current = self
         for w in self.workers:
             w.start()
-        if not self.celery:
-            pipeline.on_wake(self.wake_pipeline)
+        if self.own_process:
+            self._start_process()
+        elif not self.celery:
             from mailroom.parsing.workers import parse_pool
 
             # Started now: the first new message does not wait for the workers' start-up.
             parse_pool(settings.MAILROOM_PARSE_PROCESSES, settings.MAILROOM_PARSE_DEADLINE).warm()
+        if not self.celery:
+            pipeline.on_wake(self.wake_pipeline)
         self._thread.start()
+
+    def _start_process(self) -> None:
+        from mailroom.conversations.background import engine_pipeline_process
+
+        ctx = multiprocessing.get_context("spawn")  # never fork a process with threads and connections
+        self._process_stop, self._process_wake = ctx.Event(), ctx.Event()
+        self._process = ctx.Process(
+            target=engine_pipeline_process,
+            args=(pipeline.child_settings(), self._process_stop, self._process_wake, os.getpid(), self.pipeline_workers),
+            name="mailroom-pipeline",
+        )
+        self._process.start()
+
+    def _check_process(self) -> None:
+        """A pipeline process that died (killed, out of memory) is started again: the database says
+        what is pending, so nothing is lost."""
+        if self._process is not None and not self._process.is_alive() and not self.stop_event.is_set():
+            log.warning("engine.pipeline_process_died", extra={"exitcode": self._process.exitcode})
+            self._start_process()
 
     def wake_pipeline(self) -> None:
         for w in self.workers:
             w.wake.set()
+        if self._process_wake is not None:
+            self._process_wake.set()
 
     def kick(self, mailbox_id: int) -> None:
         """Sync this mailbox now (a new mailbox is picked up at once, a backing-off one retried)."""
@@ -137,6 +175,16 @@ class SyncEngine:
         deadline = time.monotonic() + timeout
         for t in [*self.runners.values(), *self.workers]:
             t.join(max(0.1, deadline - time.monotonic()))
+        if not self.celery:
+            pipeline.remove_wake_callback(self.wake_pipeline)
+        if self._process is not None:
+            self._process_stop.set()
+            self._process_wake.set()
+            # It finishes the batch it is on (committed, or rolled back and done again later).
+            self._process.join(max(1.0, deadline - time.monotonic()) + 25.0)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
         try:
             lease_release(owner=self.owner)
         except Exception:
@@ -169,6 +217,7 @@ class SyncEngine:
     def _loop(self) -> None:
         while not self.stop_event.is_set():
             try:
+                self._check_process()
                 if time.monotonic() - self._last_sweep > SWEEP_SECONDS:
                     self._last_sweep = time.monotonic()
                     self.sweep()
