@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "src"))
 WORDS_RU = ["здравствуйте", "коммерческое", "предложение", "счёт", "договор", "поставка", "оплата", "встреча", "менеджер", "клиент", "цена"]
 WORDS_EN = ["hello", "quote", "invoice", "contract", "delivery", "payment", "meeting", "manager", "client", "price", "schedule"]
 USER, PASSWORD = "manager@company.test", "bench-pass"
+MX = "mx.company.test"
 
 
 def generate(n: int, seed: int = 7) -> Iterator[bytes]:
@@ -72,6 +73,10 @@ def generate(n: int, seed: int = 7) -> Iterator[bytes]:
         threads.append((mid, subject.removeprefix("Re: "), sender))
         if len(threads) > 500:
             threads.pop(0)
+        # As the company's MX stamps it (trusted: MAILROOM_TRUSTED_AUTHSERV_IDS): replies are threaded
+        # only for authenticated senders, so without it every message would start a thread.
+        domain = sender.rpartition("@")[2].rstrip(">")
+        msg["Authentication-Results"] = f"{MX}; dkim=pass header.d={domain}; dmarc=pass header.from={domain}"
         msg["From"] = sender
         msg["To"] = USER
         msg["Subject"] = subject
@@ -252,6 +257,20 @@ def tree_pss_kb(root: int) -> dict[str, int]:
     return out
 
 
+def _print_smaps(pid: int) -> None:
+    by: dict[str, int] = {}
+    name = ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and ":" in head[3]:
+                name = head[5] if len(head) > 5 else "[anon]"
+            elif head[0] == "Pss:":
+                by[name] = by.get(name, 0) + int(head[1])
+    top = sorted(by.items(), key=lambda kv: -kv[1])[:8]
+    print("serve PSS by mapping (MB): " + ", ".join(f"{k.rsplit('/', 1)[-1]} {v / 1024:.0f}" for k, v in top))
+
+
 class Api:
     def __init__(self, base: str, token: str) -> None:
         self.base, self.token = base, token
@@ -295,6 +314,7 @@ def run_env(workdir: Path, database_url: str) -> dict[str, str]:
         **os.environ,
         "MAILROOM_DATA_DIR": str(workdir),
         "MAILROOM_ENCRYPTION_KEYS": "bench:" + "A" * 43,
+        "MAILROOM_TRUSTED_AUTHSERV_IDS": MX,
     }
     if database_url:
         fresh_database(database_url)
@@ -374,6 +394,8 @@ def run_serve(args: argparse.Namespace, imap_port: int, workdir: Path, expected:
         done.set()
         sampler.join()
         tree_pss_kb(proc.pid)
+        if os.environ.get("BENCH_SMAPS"):  # what serve's memory is made of, by mapping
+            _print_smaps(proc.pid)
         for pid, ticks in cpu0.items():
             _CPU[pid] -= ticks
         cpu = sum(_CPU.values()) / os.sysconf("SC_CLK_TCK")
@@ -470,10 +492,14 @@ def main() -> int:
             rate = args.messages / r["secs"]
             print(f"run {run}:")
             print(f"  mbsync (isync, Maildir, fsync)            : {mbsync_rate:8.0f} msgs/s  ({mb_secs:.1f} s)")
-            print(f"  mailroom serve + REST API, all listed     : {rate:8.0f} msgs/s  ({r['secs']:.1f} s; stored at "
-                  f"{r['stored_secs']:.1f} s; parsed and threaded, every Message-ID listed once)")
-            print(f"    ratio serve / mbsync                    : {rate / mbsync_rate:8.2f}  (target >= "
-                  f"{'0.7' if db.startswith('PostgreSQL') else '1.0'})")
+            target = "0.7" if db.startswith("PostgreSQL") else "1.0"
+            stored_rate = args.messages / r["stored_secs"]
+            print(f"  mailroom serve + REST API: all stored     : {stored_rate:8.0f} msgs/s  ({r['stored_secs']:.1f} s: "
+                  f"the API lists every message with state=any)")
+            print(f"    ratio stored / mbsync                   : {stored_rate / mbsync_rate:8.2f}  (target >= {target})")
+            print(f"  mailroom serve + REST API: all threaded   : {rate:8.0f} msgs/s  ({r['secs']:.1f} s: parsed, threaded "
+                  f"and in the default listing; every Message-ID listed once)")
+            print(f"    ratio threaded / mbsync                 : {rate / mbsync_rate:8.2f}  (target >= {target})")
             print(f"    CPU of serve's process tree             : {r['cpu']:8.1f} s  ({r['cpu'] * 1000 / args.messages:.2f} ms "
                   f"a message; {os.cpu_count()} cores give {os.cpu_count() * r['secs']:.1f} s in that time)")
             print(f"      s by process: {r['cpu_by']}")

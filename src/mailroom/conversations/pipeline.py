@@ -33,7 +33,7 @@ BATCH = 400
 # linking 20,000 parsed messages took 10-20% less CPU in batches of 1,000 than of 400. Its rows are
 # small (no bodies), so the larger batch costs little memory.
 LINK_BATCH = 1000
-PARSE_BATCH_BYTES = 24 * 1024 * 1024
+PARSE_BATCH_BYTES = 12 * 1024 * 1024  # per pipeline thread: bounds the parse results held at once
 
 _wake_callbacks: list[Callable[[], None]] = []
 _wake_lock = threading.Lock()

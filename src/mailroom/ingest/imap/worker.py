@@ -30,7 +30,7 @@ from mailroom.parsing.headers import summarize_headers
 log = logging.getLogger(__name__)
 
 MAX_BATCH_COUNT = 500
-MAX_BATCH_BYTES = 16 * 1024 * 1024
+MAX_BATCH_BYTES = 8 * 1024 * 1024  # three in memory at most (fetching, queued, storing): see bench/import_bench.py
 SIZE_WINDOW = 2000  # UIDs whose sizes we ask for at once
 NEW_MAIL_CHECK_SECONDS = 2.0  # during a long backfill, look for new mail this often
 MAX_UID_ATTEMPTS = 3
