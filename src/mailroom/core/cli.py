@@ -184,14 +184,14 @@ def run_server(server: Any, host: str, port: int, *, sync: bool, extra: list[str
         background.start()
     url = f"http://{host}:{port}/"
     print(f"Mailroom is running at {url}  (API: {url}api/v1/docs)", flush=True)
-    if celery:
-        print("MAILROOM_TASKS=celery: this process serves the web UI and API only; mail is synced, processed "
-              "and sent by 'mailroom worker' processes.", flush=True)
     if banner:
         print(f"First start: log in as '{banner['username']}' with password '{banner['password']}'", flush=True)
         print(f"API token for scripts: {banner['token']}", flush=True)
     else:
         print("Log in with your user (create one: 'mailroom user create NAME --superuser').", flush=True)
+    if celery:
+        print("MAILROOM_TASKS=celery: this process serves the web UI and API only; mail is synced, processed "
+              "and sent by 'mailroom worker' processes.", flush=True)
     for line in extra or []:
         print(line, flush=True)
 

@@ -23,6 +23,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -52,13 +53,20 @@ def _expiry(now: datetime) -> datetime:
 
 
 def lease_claim(*, mailbox_id: int, owner: str) -> bool:
-    """Take the mailbox's lease if it is free, expired or ours already."""
+    """Take the mailbox's lease if it is free, expired or ours already. A row locked by a holder's
+    commit (its fence) is skipped, not waited for: that commit is the holder's last word under its
+    lease, and a holder paused inside it must not stall the claimer's reconcile (PostgreSQL: SKIP
+    LOCKED; SQLite has one writer at a time anyway)."""
     now = timezone.now()
-    return bool(
-        Mailbox.objects.filter(pk=mailbox_id)
-        .filter(Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_expires_at__lt=now))
-        .update(lease_owner=owner, lease_expires_at=_expiry(now))
-    )
+    with transaction.atomic():
+        free = (
+            Mailbox.objects.select_for_update(skip_locked=True)
+            .filter(pk=mailbox_id)
+            .filter(Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_expires_at__lt=now))
+        )
+        if not free.values_list("id", flat=True):
+            return False
+        return bool(Mailbox.objects.filter(pk=mailbox_id).update(lease_owner=owner, lease_expires_at=_expiry(now)))
 
 
 def lease_release(*, owner: str, mailbox_id: int | None = None) -> None:
@@ -102,7 +110,9 @@ def live_nodes() -> int:
     """Engines that heartbeated within the lease time. The rows of dead ones are removed here (one
     that was only paused registers again on its next heartbeat)."""
     cutoff = timezone.now() - timedelta(seconds=lease_seconds())
-    EngineNode.objects.filter(heartbeat_at__lt=cutoff).delete()
+    with transaction.atomic():  # a row locked by its heartbeat is alive: skipped, not waited for
+        dead = EngineNode.objects.select_for_update(skip_locked=True).filter(heartbeat_at__lt=cutoff)
+        EngineNode.objects.filter(pk__in=list(dead.values_list("pk", flat=True))).delete()
     return EngineNode.objects.filter(heartbeat_at__gte=cutoff).count()
 
 
