@@ -216,14 +216,16 @@ class SyncEngine:
         active = sorted(mid for mid, r in self.runners.items() if not r.halt_event.is_set())
         for mid in active[share:]:
             self.runners[mid].halt()
-        self._drain()
-        self._claim(held & wanted, share)
+        handed_back = self._drain()
+        self._claim((held & wanted) - handed_back, share, skip=handed_back)
         for mid in held - set(self.runners):
             lease_release(owner=self.owner, mailbox_id=mid)  # above our share, or disabled: not ours to keep
 
-    def _drain(self) -> None:
+    def _drain(self) -> set[int]:
         """Wait (a bounded time) for the halted runners to stop, and release their leases only
-        then: a runner still inside a commit keeps its lease until the next reconcile looks again."""
+        then: a runner still inside a commit keeps its lease until the next reconcile looks again.
+        Returns the mailboxes released."""
+        released: set[int] = set()
         deadline = time.monotonic() + min(DRAIN_SECONDS, lease_seconds() / 4)
         for mid, runner in list(self.runners.items()):
             if not runner.halt_event.is_set():
@@ -232,16 +234,18 @@ class SyncEngine:
             if not runner.is_alive():
                 self.runners.pop(mid)
                 lease_release(owner=self.owner, mailbox_id=mid)
+                released.add(mid)
+        return released
 
-    def _claim(self, held: set[int], share: int) -> None:
+    def _claim(self, held: set[int], share: int, *, skip: set[int]) -> None:
         """Claim mailboxes up to our share: the ones we hold without a runner first, then free or
-        expired ones by id."""
+        expired ones by id (not those just handed back: they are another engine's to take)."""
         room = share - sum(1 for r in self.runners.values() if not r.halt_event.is_set())
         if room <= 0:
             return
         free = Mailbox.objects.filter(sync_enabled=True).filter(
             Q(lease_owner="") | Q(lease_expires_at__lt=timezone.now())
-        ).exclude(pk__in=list(self.runners)).order_by("id").values_list("id", flat=True)
+        ).exclude(pk__in=[*self.runners, *skip]).order_by("id").values_list("id", flat=True)
         candidates = [*sorted(held - set(self.runners)), *(m for m in free if m not in held)]
         for mid in candidates:
             if room <= 0:

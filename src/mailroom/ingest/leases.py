@@ -23,7 +23,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -52,6 +52,17 @@ def _expiry(now: datetime) -> datetime:
     return now + timedelta(seconds=lease_seconds())
 
 
+def idle_at_most_a_lease() -> None:
+    """Inside a transaction that locks rows other engines need (a claim, an import commit): on
+    PostgreSQL the server ends the session if it sits idle in it longer than the lease (its process
+    paused: SIGSTOP, a long GC), so that its locks do not hold up the engine taking over; nothing
+    of it is committed. SQLite: one writer, whose lock the busy timeout bounds already."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            # SET takes no bind parameters (psycopg 3 may bind on the server): a whole number, inlined.
+            cur.execute(f"SET LOCAL idle_in_transaction_session_timeout = {int(lease_seconds()) * 1000}")
+
+
 def lease_claim(*, mailbox_id: int, owner: str) -> bool:
     """Take the mailbox's lease if it is free, expired or ours already. A row locked by a holder's
     commit (its fence) is skipped, not waited for: that commit is the holder's last word under its
@@ -59,6 +70,7 @@ def lease_claim(*, mailbox_id: int, owner: str) -> bool:
     LOCKED; SQLite has one writer at a time anyway)."""
     now = timezone.now()
     with transaction.atomic():
+        idle_at_most_a_lease()
         free = (
             Mailbox.objects.select_for_update(skip_locked=True)
             .filter(pk=mailbox_id)
@@ -83,6 +95,10 @@ def lease_renew(*, owner: str) -> set[int]:
     held = Mailbox.objects.filter(lease_owner=owner)
     held.update(lease_expires_at=_expiry(timezone.now()))
     return set(held.values_list("id", flat=True))
+
+
+def lease_held(*, mailbox_id: int, owner: str) -> bool:
+    return Mailbox.objects.filter(pk=mailbox_id, lease_owner=owner).exists()
 
 
 def lease_fence(*, mailbox_id: int, owner: str) -> None:
@@ -111,6 +127,7 @@ def live_nodes() -> int:
     that was only paused registers again on its next heartbeat)."""
     cutoff = timezone.now() - timedelta(seconds=lease_seconds())
     with transaction.atomic():  # a row locked by its heartbeat is alive: skipped, not waited for
+        idle_at_most_a_lease()
         dead = EngineNode.objects.select_for_update(skip_locked=True).filter(heartbeat_at__lt=cutoff)
         EngineNode.objects.filter(pk__in=list(dead.values_list("pk", flat=True))).delete()
     return EngineNode.objects.filter(heartbeat_at__gte=cutoff).count()

@@ -22,7 +22,7 @@ from django.utils import timezone
 from mailroom.conversations.models import Source
 from mailroom.ingest.imap.client import Fetched, ImapSession, ServerFolder, is_network_error
 from mailroom.ingest.imap.plan import Cursor, ServerState, batches, plan_folder
-from mailroom.ingest.leases import LeaseLost, lease_fence
+from mailroom.ingest.leases import LeaseLost, idle_at_most_a_lease, lease_fence, lease_held
 from mailroom.ingest.models import ImportFailure
 from mailroom.ingest.rawstore import IncomingRaw, store_batch, store_prepare
 from mailroom.mailboxes.connect import ImapError, imap_settings
@@ -87,8 +87,15 @@ def folders_refresh(session: ImapSession, mailbox: Mailbox) -> list[Folder]:
 def _fenced(mailbox: Mailbox, owner: str | None) -> Iterator[None]:
     """A transaction of the import that commits only while ``owner`` still holds the mailbox's
     lease (checked last, inside it: LeaseLost rolls it back). ``owner`` None: no engine, no lease
-    (``mailbox_sync_once``, the ``sync --once`` path)."""
+    (``mailbox_sync_once``, the ``sync --once`` path).
+
+    On PostgreSQL the transaction may not sit idle longer than the lease: a process paused inside it
+    (SIGSTOP, a long GC) would otherwise hold its rows (the batch's new sources, the folder) locked,
+    and the engine that took the mailbox over would wait on them until it woke up. The server ends
+    that session instead; nothing of it is committed."""
     with transaction.atomic():
+        if owner is not None:
+            idle_at_most_a_lease()
         yield
         if owner is not None:
             lease_fence(mailbox_id=mailbox.pk, owner=owner)
@@ -471,6 +478,11 @@ class MailboxRunner(threading.Thread):
             except LeaseLost:
                 raise
             except Exception as exc:
+                # Paused inside a commit past the lease, the server ended our session: the lease is
+                # then another engine's, and so is the mailbox's health.
+                close_old_connections()
+                if self.owner is not None and not lease_held(mailbox_id=self.mailbox_id, owner=self.owner):
+                    raise LeaseLost(self.mailbox_id, self.owner) from exc
                 if not isinstance(exc, ImapError) and not is_network_error(exc):
                     log.exception("ingest.unexpected_error", extra={"mailbox": self.mailbox_id})
                 health_failed(mailbox, exc)
