@@ -1,5 +1,5 @@
-"""Settings read from the environment: the relay quotas are whole numbers with a floor, and a wrong
-value stops the start with a message naming the variable."""
+"""Settings read from the environment: the relay quotas and the engines' lease time are whole numbers
+with a floor, and a wrong value stops the start with a message naming the variable."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 NAMES = ("MAILROOM_RELAY_QUOTA_PER_TOKEN", "MAILROOM_RELAY_QUOTA_PER_TEAM", "MAILROOM_RELAY_QUOTA_WINDOW_SECONDS",
-         "MAILROOM_RELAY_MAX_FAILED_RCPTS")
+         "MAILROOM_RELAY_MAX_FAILED_RCPTS", "MAILROOM_LEASE_SECONDS")
 
 
 def _read(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -22,10 +22,11 @@ def _read(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_relay_quota_defaults_and_overrides(tmp_path: Path) -> None:
-    assert _read(tmp_path).stdout.split() == ["100", "2000", "3600", "10"]
+    assert _read(tmp_path).stdout.split() == ["100", "2000", "3600", "10", "60"]
     res = _read(tmp_path, MAILROOM_RELAY_QUOTA_PER_TOKEN=" 5 ", MAILROOM_RELAY_QUOTA_PER_TEAM="50",
-                MAILROOM_RELAY_QUOTA_WINDOW_SECONDS="600", MAILROOM_RELAY_MAX_FAILED_RCPTS="0")
-    assert res.stdout.split() == ["5", "50", "600", "0"], res.stderr
+                MAILROOM_RELAY_QUOTA_WINDOW_SECONDS="600", MAILROOM_RELAY_MAX_FAILED_RCPTS="0",
+                MAILROOM_LEASE_SECONDS="5")
+    assert res.stdout.split() == ["5", "50", "600", "0", "5"], res.stderr
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
@@ -34,6 +35,8 @@ def test_relay_quota_defaults_and_overrides(tmp_path: Path) -> None:
     ("MAILROOM_RELAY_QUOTA_WINDOW_SECONDS", "59", "MAILROOM_RELAY_QUOTA_WINDOW_SECONDS must be at least 60, not 59"),
     ("MAILROOM_RELAY_MAX_FAILED_RCPTS", "-1", "MAILROOM_RELAY_MAX_FAILED_RCPTS must be at least 0, not -1"),
     ("MAILROOM_RELAY_QUOTA_PER_TOKEN", "1.5", "MAILROOM_RELAY_QUOTA_PER_TOKEN must be a whole number, not '1.5'"),
+    ("MAILROOM_LEASE_SECONDS", "1", "MAILROOM_LEASE_SECONDS must be at least 2, not 1"),
+    ("MAILROOM_LEASE_SECONDS", "a minute", "MAILROOM_LEASE_SECONDS must be a whole number, not 'a minute'"),
 ])
 def test_wrong_relay_quota_settings_are_refused(tmp_path: Path, name: str, value: str, message: str) -> None:
     res = _read(tmp_path, **{name: value})

@@ -27,10 +27,10 @@ def _env(data: Path) -> dict[str, str]:
     return env
 
 
-def _start(data: Path, port: int) -> subprocess.Popen[str]:
+def _start(data: Path, port: int, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "mailroom.cli", "serve", "--port", str(port)],
-        env=_env(data), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**_env(data), **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
@@ -121,3 +121,22 @@ def test_first_start_and_key_missing(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 3
     assert "No encryption key: set MAILROOM_ENCRYPTION_KEYS=kid:base64key" in err
+
+
+def test_with_celery_serve_is_the_web_only_and_says_so(tmp_path: Path) -> None:
+    """The sync engines and the outbox run in the ``mailroom worker`` processes: ``serve`` registers
+    no engine (and so takes no mailbox's lease)."""
+    port = free_port()
+    proc = _start(tmp_path, port, MAILROOM_TASKS="celery")
+    try:
+        _first_start_banner(proc, port)
+        assert proc.stdout.readline() == (  # type: ignore[union-attr]
+            "MAILROOM_TASKS=celery: this process serves the web UI and API only; mail is synced, processed and "
+            "sent by 'mailroom worker' processes.\n"
+        )
+        assert _get(port, "/healthz") == {"status": "ok"}
+        with sqlite3.connect(tmp_path / "mailroom.sqlite3") as db:
+            assert db.execute("SELECT count(*) FROM ingest_enginenode").fetchone()[0] == 0
+    finally:
+        proc.terminate()
+        proc.wait(10)

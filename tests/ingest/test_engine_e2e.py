@@ -1,11 +1,13 @@
 """The running engine against real Dovecot: IDLE delivers new mail within seconds; kill -9 of the
-sync at random moments, then restart, leaves every message stored exactly once."""
+sync at random moments, then restart, leaves every message stored exactly once; two ``mailroom
+worker`` processes share the mailboxes and one takes over the other's when it is killed."""
 
 from __future__ import annotations
 
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.db.models import Count
 
 from mailroom.conversations.models import Message, Source
 from mailroom.ingest.engine import SyncEngine
 from mailroom.ingest.imap.worker import mailbox_sync_once
-from mailroom.mailboxes.models import Folder
+from mailroom.ingest.models import EngineNode
+from mailroom.mailboxes.models import Folder, Mailbox
 from tests.dburl import subprocess_env
 from tests.ingest.helpers import mailbox_for, make_mail
 from tests.procs import session_processes, wait_session_gone
@@ -164,3 +169,125 @@ def test_pipeline_runs_in_a_process_of_its_own_restarted_if_killed(mail_user: An
     # The killed process's parse worker went with it; the second process and its workers at stop().
     _wait(lambda: not any(process_alive(pid) for pid in started), 5)
     assert Message.objects.filter(state=Message.State.LINKED).count() == 4
+
+
+def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> list[int | None]:
+    """SIGTERM (a Celery warm shutdown: the engine stops cleanly) and their exit codes; whatever of
+    their sessions is left a minute later is killed, so that a failure leaves no engine behind to
+    take the next test's mailboxes."""
+    for proc in workers:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+    codes: list[int | None] = []
+    for proc in workers:
+        try:
+            codes.append(proc.wait(60))
+        except subprocess.TimeoutExpired:
+            codes.append(None)
+        wait_session_gone(proc.pid, 15)
+    return codes
+
+
+def _owned_by(pid: int) -> list[int]:
+    """The mailboxes whose lease the engine of process ``pid`` holds (owner ids: host:pid:random)."""
+    prefix = f"{socket.gethostname()}:{pid}:"
+    return sorted(Mailbox.objects.filter(lease_owner__startswith=prefix).values_list("id", flat=True))
+
+
+@pytest.mark.parametrize("failure", ["kill", "pause"])
+def test_two_workers_share_the_mailboxes_and_one_takes_over_when_the_other_fails(
+    mail_user: Any, tmp_path: Path, failure: str
+) -> None:
+    """``kill``: kill -9 mid-import; ``pause``: SIGSTOP mid-import (perhaps inside a commit, its rows
+    locked) until the survivor has imported everything, then SIGCONT: its refused commits leave
+    nothing, and it gets its share back by rebalancing."""
+    if connection.vendor != "postgresql":
+        pytest.skip("scale-out (several 'mailroom worker' processes writing at once) is PostgreSQL's: run with "
+                    "DATABASE_URL=postgres://...")
+    # Sent is synced before INBOX, each in one batch: a worker that has committed something and not
+    # everything is between the two (the INBOX fetch), mid-import.
+    folders, lease = {"Sent": 150, "INBOX": 250}, 10
+    per_mailbox = sum(folders.values())
+    rnd = random.Random(7)
+    mailboxes, users = [], []
+    for _ in range(6):
+        user = mail_user()
+        user.dovecot.deliver_many(
+            user.email, [make_mail(10_000 + i, sender=user.email) for i in range(folders["Sent"])], "Sent"
+        )
+        user.dovecot.deliver_many(
+            user.email, [make_mail(i, body="x" * rnd.randint(100, 20000)) for i in range(folders["INBOX"])]
+        )
+        users.append(user)
+        # Enabled once both workers are up: each claims its share from the start, mid-import for both.
+        mailboxes.append(mailbox_for(user, sync_roles=["inbox", "sent"], sync_enabled=False).pk)
+    total = 6 * per_mailbox
+    env = {
+        **os.environ, **subprocess_env(), "MAILROOM_DATA_DIR": str(tmp_path),
+        "MAILROOM_ENCRYPTION_KEYS": "test1:" + "A" * 43, "MAILROOM_TASKS": "celery",
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/7", "MAILROOM_LEASE_SECONDS": str(lease),
+    }
+    cmd = [sys.executable, "-m", "mailroom.cli", "worker", "--concurrency", "2"]
+    workers = []
+    for i in range(2):
+        with (tmp_path / f"worker{i}.log").open("w") as out:
+            workers.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True))
+    victim, survivor = workers
+    try:
+        _wait(lambda: EngineNode.objects.count() == 2, 60)
+        Mailbox.objects.filter(pk__in=mailboxes).update(sync_enabled=True)
+        lost: list[int] = []
+
+        def importing() -> bool:
+            """The victim holds its mailboxes (never more than its share) and has stored some."""
+            lost[:] = _owned_by(victim.pid)
+            assert len(lost) <= 3
+            return Source.objects.filter(mailbox_id__in=lost).count() > 0
+
+        _wait(importing, 60)
+        victim.send_signal(signal.SIGSTOP)  # frozen: what it has stored stays what it is
+        failed_at = time.monotonic()
+        assert Source.objects.filter(mailbox_id__in=lost).count() < len(lost) * per_mailbox, "imported before"
+        if failure == "kill":
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            assert wait_session_gone(victim.pid, 15) == {}  # its parse workers did not outlive it
+        # The survivor's share grows to all six once the victim's heartbeat is a lease time old (a
+        # session of the paused one left idle inside a commit is ended by the server by then).
+        _wait(lambda: _owned_by(survivor.pid) == sorted(mailboxes), 3 * lease + 30)
+        print(f"{failure}: the survivor held the failed worker's mailboxes "
+              f"{time.monotonic() - failed_at:.1f} s after it failed (lease {lease} s)")
+        _wait(lambda: Source.objects.count() == total, 300)
+        if failure == "pause":
+            victim.send_signal(signal.SIGCONT)  # wakes up to find its leases gone
+        _wait(lambda: Message.objects.filter(state=Message.State.LINKED).count() == total, 300)
+        assert survivor.poll() is None
+        if failure == "pause":
+            # Back in the registry, it gets its share again.
+            _wait(lambda: len(_owned_by(victim.pid)) == 3 and len(_owned_by(survivor.pid)) == 3, 60)
+    finally:
+        codes = _stop_workers(workers)
+    for i, proc in enumerate(workers):
+        if failure == "pause" or proc is survivor:
+            assert codes[i] == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
+    logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
+    print(f"{failure}: {logs.count('ingest.lease_lost')} commits refused by the fence")
+
+    # Every message exactly once, by Message-ID, each with its one source, and linked.
+    assert Message.objects.count() == total
+    assert list(Message.objects.values("message_id").annotate(n=Count("id")).filter(n__gt=1)) == []
+    assert Source.objects.count() == total
+    assert list(Source.objects.values("message__message_id").annotate(n=Count("id")).filter(n__gt=1)) == []
+    assert Message.objects.exclude(state=Message.State.LINKED).count() == 0
+    assert Message.objects.filter(thread=None).count() == 0
+    for user, mid in zip(users, mailboxes, strict=True):
+        for name, count in folders.items():
+            folder = Folder.objects.get(mailbox_id=mid, name=name)
+            assert (folder.stored_count, folder.server_count) == (count, count)
+            uids = sorted(Source.objects.filter(folder=folder).values_list("uid", flat=True))
+            assert uids == user.dovecot.list_uids(user.email, name)
+    # A clean stop: its leases released, its registration gone.
+    assert Mailbox.objects.exclude(lease_owner="").count() == 0
+    assert EngineNode.objects.count() == 0

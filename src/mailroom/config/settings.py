@@ -259,6 +259,10 @@ MAILROOM_OUTBOX_SMTP_TIMEOUT = float(os.environ.get("MAILROOM_OUTBOX_SMTP_TIMEOU
 MAILROOM_OUTBOX_BATCH = int(os.environ.get("MAILROOM_OUTBOX_BATCH", "500"))
 MAILROOM_OUTBOX_RECORD_CHUNK = int(os.environ.get("MAILROOM_OUTBOX_RECORD_CHUNK", "250"))
 MAILROOM_OUTBOX_CONNECTIONS = int(os.environ.get("MAILROOM_OUTBOX_CONNECTIONS", "4"))
+# Sync engines: how long a mailbox lease lasts without renewal (engines renew every few seconds,
+# and every import commit renews it). Past it the mailbox is taken over by another engine and an
+# engine that has not heartbeated for as long counts as dead (ingest/leases.py).
+MAILROOM_LEASE_SECONDS = _env_int("MAILROOM_LEASE_SECONDS", 60, minimum=2)
 # Task execution: "inline" (embedded, in-process worker threads) or "celery".
 MAILROOM_TASKS = os.environ.get("MAILROOM_TASKS", "inline")
 # Worker processes for full parsing, beside the process that stores (0: parse in-process). The default

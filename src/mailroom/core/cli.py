@@ -14,7 +14,10 @@ from mailroom.cli import setup_django
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = sub.add_parser("serve", help="run web UI, REST API, sync engine and workers in one process")
+    serve = sub.add_parser(
+        "serve", help="run web UI, REST API, sync engine and workers in one process "
+        "(MAILROOM_TASKS=celery: web UI and API only; 'mailroom worker' processes sync)",
+    )
     serve.add_argument("--host", default=os.environ.get("MAILROOM_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("MAILROOM_PORT", "8025")))
     serve.add_argument("--no-sync", action="store_true", help="web and API only")
@@ -26,7 +29,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo.add_argument("--port", type=int, default=8025)
     demo.set_defaults(handler=_demo)
 
-    worker = sub.add_parser("worker", help="run a Celery worker for the pipeline (MAILROOM_TASKS=celery)")
+    worker = sub.add_parser(
+        "worker", help="run a sync engine, the outbox sender and a Celery worker for the pipeline (MAILROOM_TASKS=celery)"
+    )
     worker.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
     worker.add_argument(
         "--pool", default="threads", choices=["threads", "solo", "prefork"],
@@ -90,14 +95,42 @@ def _db_has_tables() -> bool:
     return "accounts_team" in connection.introspection.table_names()
 
 
+class Background:
+    """What a process runs beside its web server or Celery worker: the sync engine (its share of
+    the mailboxes, under leases) and the outbox sender thread."""
+
+    def __init__(self) -> None:
+        from mailroom.ingest.engine import SyncEngine
+        from mailroom.outbound.tasks import run_outbox_worker
+
+        self.stop_event = threading.Event()
+        self.engine = SyncEngine()
+        self.outbox = threading.Thread(target=run_outbox_worker, args=(self.stop_event,), name="outbox", daemon=True)
+
+    def start(self) -> None:
+        self.engine.start()
+        self.outbox.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.engine.stop()
+
+
 def _worker(args: argparse.Namespace) -> int:
+    """A scale-out node: its share of the mailboxes' sync and the outbox, beside a Celery worker
+    for the pipeline tasks. Several run side by side (ingest/leases.py divides the mailboxes)."""
     setup_django()
     from mailroom.config.celery import app
 
-    app.worker_main(
-        ["worker", f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}", f"--pool={args.pool}",
-         "--without-gossip", "--without-mingle"]
-    )
+    background = Background()
+    background.start()
+    try:
+        app.worker_main(
+            ["worker", f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}", f"--pool={args.pool}",
+             "--without-gossip", "--without-mingle"]
+        )
+    finally:
+        background.stop()
     return 0
 
 
@@ -139,21 +172,16 @@ def listen(host: str, port: int, threads: int) -> Any:
 
 def run_server(server: Any, host: str, port: int, *, sync: bool, extra: list[str] | None = None) -> int:
     """Serve on ``server`` (from :func:`listen`); on a first start, create the administrator and show
-    its credentials."""
+    its credentials. With ``MAILROOM_TASKS=celery`` the web and the API only: the sync engines and
+    the outbox run in the ``mailroom worker`` processes."""
+    from django.conf import settings
+
     banner = first_admin()
-    engine: Any = None
-    stop = threading.Event()
-    background: list[Any] = []
-    if sync:
-        from mailroom.ingest.engine import SyncEngine
-
-        engine = SyncEngine()
-        engine.start()
-        from mailroom.outbound.tasks import run_outbox_worker
-
-        t = threading.Thread(target=run_outbox_worker, args=(stop,), name="outbox", daemon=True)
-        t.start()
-        background.append(t)
+    background: Background | None = None
+    celery = settings.MAILROOM_TASKS == "celery"
+    if sync and not celery:
+        background = Background()
+        background.start()
     url = f"http://{host}:{port}/"
     print(f"Mailroom is running at {url}  (API: {url}api/v1/docs)", flush=True)
     if banner:
@@ -161,11 +189,13 @@ def run_server(server: Any, host: str, port: int, *, sync: bool, extra: list[str
         print(f"API token for scripts: {banner['token']}", flush=True)
     else:
         print("Log in with your user (create one: 'mailroom user create NAME --superuser').", flush=True)
+    if celery:
+        print("MAILROOM_TASKS=celery: this process serves the web UI and API only; mail is synced, processed "
+              "and sent by 'mailroom worker' processes.", flush=True)
     for line in extra or []:
         print(line, flush=True)
 
     def _shutdown(*_: Any) -> None:
-        stop.set()
         server.close()
 
     signal.signal(signal.SIGTERM, _shutdown)
@@ -174,9 +204,8 @@ def run_server(server: Any, host: str, port: int, *, sync: bool, extra: list[str
     except (KeyboardInterrupt, OSError):
         pass
     finally:
-        stop.set()
-        if engine is not None:
-            engine.stop()
+        if background is not None:
+            background.stop()
     return 0
 
 

@@ -1,18 +1,29 @@
 """The sync engine of one process: a runner thread per mailbox it holds a lease on, plus pipeline
-workers. ``mailroom serve`` runs one; several processes (or machines, on PostgreSQL) can run side by
-side: a mailbox is synced by whoever holds its lease, and a lease that is not renewed expires so
-another process takes over (failover)."""
+workers. ``mailroom serve`` runs one (inline mode); with ``MAILROOM_TASKS=celery`` every ``mailroom
+worker`` runs one and ``serve`` runs none. Several processes (or machines, on PostgreSQL) run side by
+side and share the mailboxes (``ingest/leases.py``):
+
+* every reconcile (a few seconds) the engine heartbeats in the registry of live engines
+  (``EngineNode``; a clean stop deletes its row, a row older than the lease time is a dead engine)
+  and renews its leases;
+* its **share** is ceil(M / N) of the M sync-enabled mailboxes among the N live engines. Below it, it
+  claims free or expired mailboxes (the ones it holds first, then by id); above it (an engine
+  joined), it hands the extra ones back, highest ids first: it stops their runners FIRST (joined)
+  and only then releases their leases, so that whoever claims them next never syncs beside us;
+* a lease that is not renewed expires after ``MAILROOM_LEASE_SECONDS`` and another engine takes the
+  mailbox over (failover);
+* **fencing**: every commit of a runner renews its lease inside the commit's transaction, or finds it
+  taken over and rolls back (``LeaseLost``; the runner ends): an engine paused past its lease never
+  commits beside the new owner.
+"""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
-import socket
 import threading
 import time
-import uuid
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -23,35 +34,31 @@ from django.utils import timezone
 from mailroom.conversations import pipeline
 from mailroom.conversations.models import Message
 from mailroom.ingest.imap.worker import MailboxRunner
+from mailroom.ingest.leases import (
+    fair_share,
+    lease_claim,
+    lease_release,
+    lease_renew,
+    lease_seconds,
+    live_nodes,
+    new_owner_id,
+    node_heartbeat,
+    node_remove,
+)
 from mailroom.mailboxes.models import Mailbox
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 60
+__all__ = ["SyncEngine", "current_engine", "lease_claim", "lease_release", "new_owner_id"]
+
 SWEEP_SECONDS = 15.0
+DRAIN_SECONDS = 5.0  # at most this long per reconcile waiting for handed-back runners to stop
 _current: SyncEngine | None = None
 
 
 def current_engine() -> SyncEngine | None:
     """The engine running in this process, if any (the API kicks it on changes)."""
     return _current
-
-
-def new_owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def lease_claim(*, mailbox_id: int, owner: str) -> bool:
-    now = timezone.now()
-    return bool(
-        Mailbox.objects.filter(pk=mailbox_id)
-        .filter(Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_expires_at__lt=now))
-        .update(lease_owner=owner, lease_expires_at=now + timedelta(seconds=LEASE_SECONDS))
-    )
-
-
-def lease_release(*, owner: str) -> None:
-    Mailbox.objects.filter(lease_owner=owner).update(lease_owner="", lease_expires_at=None)
 
 
 class PipelineWorker(threading.Thread):
@@ -167,14 +174,16 @@ class SyncEngine:
             _current = None
         self.stop_event.set()
         self._wakeup.set()
-        for r in self.runners.values():
+        for r in list(self.runners.values()):
             r.kick_event.set()
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started (tests drive reconcile() themselves)
+            self._thread.join(timeout)
         # Wait for the mailbox runners and pipeline workers: nothing may touch the database after
         # stop() returns (a test's flush, a clean shutdown).
         deadline = time.monotonic() + timeout
         for t in [*self.runners.values(), *self.workers]:
-            t.join(max(0.1, deadline - time.monotonic()))
+            if t.ident is not None:
+                t.join(max(0.1, deadline - time.monotonic()))
         if not self.celery:
             pipeline.remove_wake_callback(self.wake_pipeline)
         if self._process is not None:
@@ -187,23 +196,66 @@ class SyncEngine:
                 self._process.join()
         try:
             lease_release(owner=self.owner)
+            node_remove(owner=self.owner)
         except Exception:
             log.exception("engine.lease_release_failed")
 
     def reconcile(self) -> None:
+        """Heartbeat, renew, hand back what is above our share, claim up to it."""
+        node_heartbeat(owner=self.owner)
         wanted = set(Mailbox.objects.filter(sync_enabled=True).values_list("id", flat=True))
-        # Renew what we hold; drop runners whose lease another process took over.
-        Mailbox.objects.filter(lease_owner=self.owner).update(
-            lease_expires_at=timezone.now() + timedelta(seconds=LEASE_SECONDS)
-        )
+        held = lease_renew(owner=self.owner)
+        share = fair_share(len(wanted), live_nodes())
         for mid, runner in list(self.runners.items()):
-            if not runner.is_alive() or mid not in wanted:
+            if not runner.is_alive():
                 self.runners.pop(mid)
-        for mid in wanted - set(self.runners):
-            if lease_claim(mailbox_id=mid, owner=self.owner):
-                runner = MailboxRunner(mid, self.stop_event, idle_seconds=self.idle_seconds)
-                self.runners[mid] = runner
-                runner.start()
+                if runner.halt_event.is_set() or mid not in wanted:
+                    lease_release(owner=self.owner, mailbox_id=mid)
+            elif mid not in held or mid not in wanted:
+                runner.halt()  # taken over while we were paused (its commits are refused anyway), or disabled
+        active = sorted(mid for mid, r in self.runners.items() if not r.halt_event.is_set())
+        for mid in active[share:]:
+            self.runners[mid].halt()
+        handed_back = self._drain()
+        self._claim((held & wanted) - handed_back, share, skip=handed_back)
+        for mid in held - set(self.runners):
+            lease_release(owner=self.owner, mailbox_id=mid)  # above our share, or disabled: not ours to keep
+
+    def _drain(self) -> set[int]:
+        """Wait (a bounded time) for the halted runners to stop, and release their leases only
+        then: a runner still inside a commit keeps its lease until the next reconcile looks again.
+        Returns the mailboxes released."""
+        released: set[int] = set()
+        deadline = time.monotonic() + min(DRAIN_SECONDS, lease_seconds() / 4)
+        for mid, runner in list(self.runners.items()):
+            if not runner.halt_event.is_set():
+                continue
+            runner.join(max(0.0, deadline - time.monotonic()))
+            if not runner.is_alive():
+                self.runners.pop(mid)
+                lease_release(owner=self.owner, mailbox_id=mid)
+                released.add(mid)
+        return released
+
+    def _claim(self, held: set[int], share: int, *, skip: set[int]) -> None:
+        """Claim mailboxes up to our share: the ones we hold without a runner first, then free or
+        expired ones by id (not those just handed back: they are another engine's to take)."""
+        room = share - sum(1 for r in self.runners.values() if not r.halt_event.is_set())
+        if room <= 0:
+            return
+        free = Mailbox.objects.filter(sync_enabled=True).filter(
+            Q(lease_owner="") | Q(lease_expires_at__lt=timezone.now())
+        ).exclude(pk__in=[*self.runners, *skip]).order_by("id").values_list("id", flat=True)
+        candidates = [*sorted(held - set(self.runners)), *(m for m in free if m not in held)]
+        for mid in candidates:
+            if room <= 0:
+                return
+            if mid in self.runners or not lease_claim(mailbox_id=mid, owner=self.owner):
+                continue
+            runner = MailboxRunner(mid, self.stop_event, idle_seconds=self.idle_seconds, owner=self.owner)
+            self.runners[mid] = runner
+            runner.start()
+            room -= 1
 
     def sweep(self) -> None:
         """Re-drive work left behind (a lost wake-up, a worker that died): the database says what is

@@ -10,6 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from django.utils import timezone
 from mailroom.conversations.models import Source
 from mailroom.ingest.imap.client import Fetched, ImapSession, ServerFolder, is_network_error
 from mailroom.ingest.imap.plan import Cursor, ServerState, batches, plan_folder
+from mailroom.ingest.leases import LeaseLost, idle_at_most_a_lease, lease_fence, lease_held
 from mailroom.ingest.models import ImportFailure
 from mailroom.ingest.rawstore import IncomingRaw, store_batch, store_prepare
 from mailroom.mailboxes.connect import ImapError, imap_settings
@@ -81,11 +83,39 @@ def folders_refresh(session: ImapSession, mailbox: Mailbox) -> list[Folder]:
     return out
 
 
-def _store(mailbox: Mailbox, folder: Folder, items: list[IncomingRaw], cursor_update: dict[str, object]) -> tuple[int, int]:
-    """Store a batch and move the cursor in ONE transaction: nothing acknowledged before durable.
-    What needs no write lock (appending the bytes, with their fdatasync) is done before it."""
-    prepared = store_prepare(team_id=mailbox.team_id, items=items)
+@contextmanager
+def _fenced(mailbox: Mailbox, owner: str | None) -> Iterator[None]:
+    """A transaction of the import that commits only while ``owner`` still holds the mailbox's
+    lease (checked last, inside it: LeaseLost rolls it back). ``owner`` None: no engine, no lease
+    (``mailbox_sync_once``, the ``sync --once`` path).
+
+    On PostgreSQL the transaction may not sit idle longer than the lease: a process paused inside it
+    (SIGSTOP, a long GC) would otherwise hold its rows (the batch's new sources, the folder) locked,
+    and the engine that took the mailbox over would wait on them until it woke up. The server ends
+    that session instead; nothing of it is committed."""
     with transaction.atomic():
+        if owner is not None:
+            idle_at_most_a_lease()
+        yield
+        if owner is not None:
+            lease_fence(mailbox_id=mailbox.pk, owner=owner)
+
+
+def _folder_update(mailbox: Mailbox, folder: Folder, owner: str | None, **values: object) -> None:
+    """A cursor update of ``folder``, fenced by the lease like the batches."""
+    with _fenced(mailbox, owner):
+        Folder.objects.filter(pk=folder.pk).update(**values)
+
+
+def _store(
+    mailbox: Mailbox, folder: Folder, items: list[IncomingRaw], cursor_update: dict[str, object], owner: str | None = None
+) -> tuple[int, int]:
+    """Store a batch and move the cursor in ONE transaction: nothing acknowledged before durable.
+    What needs no write lock (appending the bytes, with their fdatasync) is done before it. With an
+    ``owner`` it commits only while that engine holds the lease (LeaseLost: nothing of it stays;
+    bytes already appended to a segment file are then unreferenced, as after a crash)."""
+    prepared = store_prepare(team_id=mailbox.team_id, items=items)
+    with _fenced(mailbox, owner):
         res = store_batch(
             team_id=mailbox.team_id,
             items=items,
@@ -211,6 +241,7 @@ def _import_uids(
     result: FolderResult,
     progress: Progress | None,
     deadline: float | None = None,
+    owner: str | None = None,
 ) -> bool:
     """Import ``uids`` (already ordered) in bounded batches, moving the cursor after each commit.
     Returns False when stopped early by ``deadline`` (the rest is picked up next time)."""
@@ -225,12 +256,12 @@ def _import_uids(
                 stop_at = min(blockers) if blockers else None
                 ok = [f for f in fetched if stop_at is None or (f.uid or 0) < stop_at]
                 high = max(folder.synced_high_uid, stop_at - 1) if stop_at is not None else max(batch)
-                new_src, new_msgs = _store(mailbox, folder, ok, {"synced_high_uid": high})
+                new_src, new_msgs = _store(mailbox, folder, ok, {"synced_high_uid": high}, owner)
             else:
                 stop_at = max(blockers) if blockers else None
                 ok = [f for f in fetched if stop_at is None or (f.uid or 0) > stop_at]
                 low = (stop_at + 1) if stop_at is not None else min(batch)
-                new_src, new_msgs = _store(mailbox, folder, ok, {"backfill_low_uid": low})
+                new_src, new_msgs = _store(mailbox, folder, ok, {"backfill_low_uid": low}, owner)
             del fetched, ok
             result.stored += new_src
             result.new_messages += new_msgs
@@ -253,9 +284,11 @@ def sync_folder(
     *,
     progress: Progress | None = None,
     backfill_seconds: float | None = None,
+    owner: str | None = None,
 ) -> FolderResult:
     """Bring one folder up to date. With ``backfill_seconds`` the backfill runs at most that long
-    (new mail is always taken first), so a caller can interleave IDLE and other folders."""
+    (new mail is always taken first), so a caller can interleave IDLE and other folders. With an
+    ``owner`` (an engine's runner) every write of the folder's cursor is fenced by its lease."""
     result = FolderResult()
     status = session.examine(folder.name)
     server = ServerState(status.uidvalidity, status.uidnext, status.exists, status.highestmodseq)
@@ -264,27 +297,27 @@ def sync_folder(
         result.reset = folder.uidvalidity is not None
         if result.reset:
             log.warning("ingest.uidvalidity_changed", extra={"folder": folder.pk, "new": status.uidvalidity})
-        Folder.objects.filter(pk=folder.pk).update(
-            uidvalidity=status.uidvalidity, uidnext=None, highestmodseq=None, synced_high_uid=0,
-            backfill_low_uid=None, backfill_done=False, stored_count=0,
+        _folder_update(
+            mailbox, folder, owner, uidvalidity=status.uidvalidity, uidnext=None, highestmodseq=None,
+            synced_high_uid=0, backfill_low_uid=None, backfill_done=False, stored_count=0,
         )
         folder.refresh_from_db()
-    Folder.objects.filter(pk=folder.pk).update(server_count=status.exists)
+    _folder_update(mailbox, folder, owner, server_count=status.exists)
     folder.server_count = status.exists
 
     if plan.start_backfill:
         # Pin the top: everything above it is "new mail"; everything below is backfilled downwards.
         top_uids = session.uids_above(0)
         top = top_uids[-1] if top_uids else 0
-        Folder.objects.filter(pk=folder.pk).update(synced_high_uid=top, backfill_low_uid=top + 1)
+        _folder_update(mailbox, folder, owner, synced_high_uid=top, backfill_low_uid=top + 1)
         folder.synced_high_uid, folder.backfill_low_uid = top, top + 1
     elif plan.check_new:
         new = session.uids_above(folder.synced_high_uid)
-        _import_uids(session, mailbox, folder, new, ascending=True, result=result, progress=progress)
+        _import_uids(session, mailbox, folder, new, ascending=True, result=result, progress=progress, owner=owner)
 
     if not plan.backfill and not folder.backfill_done:
         # Oldest-first or empty at the first look: there is nothing below to backfill.
-        Folder.objects.filter(pk=folder.pk).update(backfill_done=True)
+        _folder_update(mailbox, folder, owner, backfill_done=True)
         folder.backfill_done = True
     if plan.backfill and not folder.backfill_done:
         deadline = time.monotonic() + backfill_seconds if backfill_seconds else None
@@ -292,7 +325,7 @@ def sync_folder(
             low = folder.backfill_low_uid if folder.backfill_low_uid is not None else folder.synced_high_uid + 1
             older = session.uids_below(low, SIZE_WINDOW)
             if not older:
-                Folder.objects.filter(pk=folder.pk).update(backfill_done=True)
+                _folder_update(mailbox, folder, owner, backfill_done=True)
                 folder.backfill_done = True
                 break
             step_deadline = time.monotonic() + NEW_MAIL_CHECK_SECONDS
@@ -300,19 +333,21 @@ def sync_folder(
                 step_deadline = min(step_deadline, deadline)
             done = _import_uids(
                 session, mailbox, folder, older, ascending=False, result=result, progress=progress,
-                deadline=step_deadline,
+                deadline=step_deadline, owner=owner,
             )
             # New mail first, even in the middle of a long backfill.
             new = session.uids_above(folder.synced_high_uid)
             if new:
-                _import_uids(session, mailbox, folder, new, ascending=True, result=result, progress=progress)
+                _import_uids(
+                    session, mailbox, folder, new, ascending=True, result=result, progress=progress, owner=owner
+                )
             if deadline is not None and time.monotonic() > deadline:
                 break
             if not done and _retry_blockers(folder):
                 break
     # The cursor knows the server state only once everything up to it is stored.
-    Folder.objects.filter(pk=folder.pk).update(
-        uidnext=status.uidnext, highestmodseq=status.highestmodseq, last_sync_at=timezone.now()
+    _folder_update(
+        mailbox, folder, owner, uidnext=status.uidnext, highestmodseq=status.highestmodseq, last_sync_at=timezone.now()
     )
     folder.uidnext, folder.highestmodseq = status.uidnext, status.highestmodseq
     return result
@@ -356,7 +391,13 @@ def open_session(mailbox: Mailbox) -> ImapSession:
 def mailbox_sync_once(
     mailbox: Mailbox, *, session: ImapSession | None = None, progress: Progress | None = None
 ) -> dict[str, FolderResult]:
-    """Sync every selected folder of the mailbox to completion (the `mailroom sync --once` path)."""
+    """Sync every selected folder of the mailbox to completion (the `mailroom sync --once` path).
+
+    It takes no lease: an operator's one-off run, which must work while an engine is down and must
+    not be refused for a minute after a killed run (whose lease would outlive it). Beside an engine
+    syncing the same mailbox nothing doubles (the raw store is idempotent on the source's
+    (folder, UIDVALIDITY, UID) and the message's identity); only the cursors of the two may race
+    forward, which the next pass repairs (everything above ``synced_high_uid`` is looked at again)."""
     own = session is None
     health_syncing(mailbox)
     try:
@@ -376,23 +417,47 @@ def mailbox_sync_once(
 
 
 class MailboxRunner(threading.Thread):
-    """Keeps one mailbox in sync: sync, then IDLE on INBOX (poll other folders between IDLEs)."""
+    """Keeps one mailbox in sync: sync, then IDLE on INBOX (poll other folders between IDLEs).
 
-    def __init__(self, mailbox_id: int, stop: threading.Event, *, idle_seconds: float = 25.0) -> None:
+    ``owner``: the engine whose lease this runner syncs under; every commit is fenced by it, and a
+    lost lease ends the runner (None: unfenced, for tests of the runner alone). ``stop`` is the
+    engine's (all runners); :meth:`halt` stops this one alone (the engine hands the mailbox to
+    another engine)."""
+
+    def __init__(
+        self, mailbox_id: int, stop: threading.Event, *, idle_seconds: float = 25.0, owner: str | None = None
+    ) -> None:
         super().__init__(name=f"mailbox-{mailbox_id}", daemon=True)
         self.mailbox_id = mailbox_id
         self.stop_event = stop
+        self.halt_event = threading.Event()
         self.kick_event = threading.Event()
         self.idle_seconds = idle_seconds
+        self.owner = owner
+        self.lease_lost = False
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set() or self.halt_event.is_set()
+
+    def halt(self) -> None:
+        """Ask this runner to stop (at its next step: within an IDLE slice or a backfill step)."""
+        self.halt_event.set()
+        self.kick_event.set()
 
     def run(self) -> None:
         try:
             self._run()
+        except LeaseLost as exc:
+            # Another engine syncs this mailbox now (we were paused past the lease): nothing of the
+            # refused commit stayed, and its health is the new owner's to say.
+            self.lease_lost = True
+            log.warning("ingest.lease_lost", extra={"mailbox": self.mailbox_id, "owner": exc.owner})
         finally:
             connections.close_all()  # this thread's connections: nothing left open after stop()
 
     def _run(self) -> None:
-        while not self.stop_event.is_set():
+        while not self.stopping:
             close_old_connections()
             try:
                 mailbox = Mailbox.objects.get(pk=self.mailbox_id)
@@ -406,11 +471,18 @@ class MailboxRunner(threading.Thread):
             if wait > 0:
                 self.kick_event.wait(wait)
                 self.kick_event.clear()
-                if self.stop_event.is_set():
+                if self.stopping:
                     return
             try:
                 self._session_loop(mailbox)
+            except LeaseLost:
+                raise
             except Exception as exc:
+                # Paused inside a commit past the lease, the server ended our session: the lease is
+                # then another engine's, and so is the mailbox's health.
+                close_old_connections()
+                if self.owner is not None and not lease_held(mailbox_id=self.mailbox_id, owner=self.owner):
+                    raise LeaseLost(self.mailbox_id, self.owner) from exc
                 if not isinstance(exc, ImapError) and not is_network_error(exc):
                     log.exception("ingest.unexpected_error", extra={"mailbox": self.mailbox_id})
                 health_failed(mailbox, exc)
@@ -425,10 +497,12 @@ class MailboxRunner(threading.Thread):
             selected = sorted((f for f in folders if f.selected), key=lambda f: f.role == Folder.Role.INBOX)
             inbox = next((f for f in selected if f.role == Folder.Role.INBOX), None)
             health_syncing(mailbox)
-            while not self.stop_event.is_set():
+            while not self.stopping:
                 pending_backfill = False
                 for folder in selected:
-                    sync_folder(session, mailbox, folder, backfill_seconds=5.0)
+                    if self.stopping:
+                        return
+                    sync_folder(session, mailbox, folder, backfill_seconds=5.0, owner=self.owner)
                     pending_backfill |= not folder.backfill_done
                 if pending_backfill:
                     continue  # keep importing; new mail is taken between backfill steps
@@ -442,9 +516,9 @@ class MailboxRunner(threading.Thread):
                 # EXAMINE is announced during IDLE (a fresh EXAMINE here would swallow it).
                 if session.selected != inbox.name:
                     session.examine(inbox.name)
-                    sync_folder(session, mailbox, inbox)
+                    sync_folder(session, mailbox, inbox, owner=self.owner)
                 changed = session.idle_wait(timeout=min(self.idle_seconds, IDLE_SLICE_SECONDS))
                 if changed:
-                    sync_folder(session, mailbox, inbox)
+                    sync_folder(session, mailbox, inbox, owner=self.owner)
         finally:
             session.close()
