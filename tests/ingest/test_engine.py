@@ -141,3 +141,36 @@ def test_an_engine_takes_over_the_mailboxes_of_a_dead_one(engines: Any, mailboxe
     assert list(EngineNode.objects.values_list("owner", flat=True)) == [a.owner]
     _until(lambda: Source.objects.count() == 6 * PER_MAILBOX, 60)
     assert Message.objects.count() == 6 * PER_MAILBOX
+
+
+@pytest.mark.django_db(transaction=False)
+def test_pipeline_worker_parse_first_links_when_parsing_caught_up_or_every_few_seconds(
+    team: Any, settings: Any
+) -> None:
+    """The engine's pipeline process parses first: linking's long write transaction waits while
+    there is mail to parse, but never longer than LINK_EVERY."""
+    import threading
+
+    from mailroom.ingest import engine as engine_module
+    from mailroom.ingest.engine import PipelineWorker
+    from mailroom.ingest.rawstore import IncomingRaw, store_batch
+
+    settings.MAILROOM_PARSE_PROCESSES = 0
+
+    def store(start: int) -> list[int]:
+        items = [IncomingRaw(raw=make_mail(i), key=f"k{i}") for i in range(start, start + 2)]
+        return store_batch(team_id=team.pk, kind="lmtp", items=items).message_pks
+
+    def states(pks: list[int]) -> list[str]:
+        return [Message.objects.get(pk=pk).state for pk in pks]
+
+    worker = PipelineWorker(threading.Event(), parse_first=True)
+    first = store(0)
+    assert worker.step() == 2  # parsed; the last link was just now: not linked yet
+    assert states(first) == ["parsed", "parsed"]
+    assert worker.step() == 2  # nothing left to parse: linked
+    assert states(first) == ["linked", "linked"]
+    second = store(2)
+    worker._linked_at -= engine_module.LINK_EVERY  # a backlog to parse, but the last link is old
+    assert worker.step() == 4  # parsed two, linked two
+    assert states(second) == ["linked", "linked"]

@@ -72,7 +72,7 @@ def engine_pipeline_process(overrides: dict[str, Any], stop: Any, wake: Any, par
     pool = parse_pool(settings.MAILROOM_PARSE_PROCESSES, settings.MAILROOM_PARSE_DEADLINE)
     pool.warm()  # the first new message does not wait for the workers' start-up
     done = threading.Event()
-    workers = [PipelineWorker(done, name=f"pipeline-{i}") for i in range(threads)]
+    workers = [PipelineWorker(done, name=f"pipeline-{i}", parse_first=True) for i in range(threads)]
     for w in workers:
         w.start()
     try:
