@@ -117,6 +117,9 @@ class Message(models.Model):
             models.Index(fields=["thread", "date"], name="message_thread_date"),
             models.Index(fields=["team", "-date", "-id"], name="message_team_date"),
             models.Index(fields=["state", "id"], name="message_state"),
+            # The API's count of a team's linked messages from the index alone (polled by clients
+            # during an import: it read every row, 13 of 24 ms a request at 5,000 messages).
+            models.Index(fields=["team", "state"], name="message_team_state"),
             # Linking takes parsed messages oldest first: without this, every batch read the date of
             # every parsed message (whole rows) to sort them. Only parsed rows are in it.
             models.Index(
@@ -215,6 +218,9 @@ class Source(models.Model):
                 name="uniq_imap_source",
             )
         ]
+        # "Is this message in that mailbox?" (the API's mailbox filter, for every listed or counted
+        # message) answered from the index alone: with message_id only, each probe read the row.
+        indexes = [models.Index(fields=["message", "mailbox"], name="source_message_mailbox")]
 
     def __str__(self) -> str:
         return f"{self.kind} source of message {self.message_id}"
