@@ -14,7 +14,7 @@ Dovecot on loopback; then, each from a quiet disk (``sync`` before each):
   pipeline process included) is sampled every 0.2 s;
 * ``mailroom sync --once`` in a child process, as a second line (stored, then parsed and threaded).
 
-    .venv/bin/python bench/import_bench.py --messages 20000 [--database-url postgres://...] [--runs 3]
+    .venv/bin/python bench/import_bench.py --messages 20000 [--database-url postgres://...] [--runs 3] [--dkim 0.8]
     [--skip-once]
 
 With ``--database-url`` the database named there is dropped and created afresh for each run.
@@ -50,8 +50,28 @@ USER, PASSWORD = "manager@company.test", "bench-pass"
 MX = "mx.company.test"
 
 
-def generate(n: int, seed: int = 7) -> Iterator[bytes]:
-    """A realistic mailbox, one message at a time (bounded memory)."""
+DKIM_SELECTOR = b"s1"
+DKIM_DOMAINS = [f"client{k}.test" for k in range(40)]
+
+
+def dkim_key() -> tuple[bytes, bytes]:
+    """An RSA key: (private PEM, the TXT record of its public half)."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+
+def generate(n: int, seed: int = 7, *, signed: float = 0.0, key: bytes = b"") -> Iterator[bytes]:
+    """A realistic mailbox, one message at a time (bounded memory). ``signed``: the share of messages
+    DKIM-signed by their sender's domain with ``key`` (Mailroom then verifies them itself)."""
     rnd = random.Random(seed)
     threads: list[tuple[str, str, str]] = []  # (Message-ID, subject, sender) of recent mail
     t0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -95,7 +115,14 @@ def generate(n: int, seed: int = 7) -> Iterator[bytes]:
         elif r < 0.20:
             size = rnd.randint(5_000, 60_000)
             msg.add_attachment(blob[:size], maintype="image", subtype="png", filename="scan.png")
-        yield msg.as_bytes()
+        raw = msg.as_bytes()
+        if signed and rnd.random() < signed:
+            import dkim
+
+            sig = dkim.sign(raw, DKIM_SELECTOR, domain.encode(), key,
+                            include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+            raw = sig + raw
+        yield raw
 
 
 def run_mbsync(host: str, port: int, workdir: Path) -> float:
@@ -401,6 +428,14 @@ def run_serve(args: argparse.Namespace, imap_port: int, workdir: Path, expected:
         cpu = sum(_CPU.values()) / os.sysconf("SC_CLK_TCK")
         t = time.perf_counter()
         listed = api.message_ids(mb["id"])
+        if args.dkim:  # the signatures were verified, not failed: a sample of 100 messages
+            page = api.call("GET", f"/api/v1/messages?mailbox={mb['id']}&limit=100")
+            verdicts: dict[str, int] = {}
+            for item in page["items"]:
+                auth = api.call("GET", f"/api/v1/messages/{item['id']}")["auth"] or {}
+                verdict = f"{auth.get('source', 'none')}:{auth.get('dkim', 'none')}"
+                verdicts[verdict] = verdicts.get(verdict, 0) + 1
+            print(f"  DKIM verdicts of 100 messages (source:result): {verdicts}")
         list_secs = time.perf_counter() - t
         missing = expected - set(listed)
         if missing or len(listed) != len(set(listed)) or len(listed) != n:
@@ -450,6 +485,9 @@ def main() -> int:
     ap.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
     ap.add_argument("--runs", type=int, default=1, help="serve runs (each beside a fresh mbsync run)")
     ap.add_argument("--skip-once", action="store_true", help="leave out the `sync --once` line")
+    ap.add_argument("--dkim", type=float, default=0.0, metavar="SHARE",
+                    help="DKIM-sign this share of the messages (0..1); Mailroom verifies them against a DNS "
+                    "server on loopback, as it does real mail's signatures")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--imap-port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -470,8 +508,16 @@ def main() -> int:
         sizes: list[int] = []
         expected: set[str] = set()
 
+        key, record = dkim_key() if args.dkim else (b"", b"")
+        if args.dkim:
+            from mailroom.testing.dns import LoopbackDns
+
+            dns_server = LoopbackDns({f"s1._domainkey.{d}": [record] for d in DKIM_DOMAINS}).start()
+            os.environ["MAILROOM_DNS_SERVERS"] = dns_server.server  # passed on to Mailroom's processes
+            os.environ["MAILROOM_DKIM_VERIFY"] = "1"
+
         def counted() -> Iterator[bytes]:
-            for raw in generate(args.messages):
+            for raw in generate(args.messages, signed=args.dkim, key=key):
                 sizes.append(len(raw))
                 head = raw[: raw.find(b"\n\n")]
                 mid = head.split(b"Message-ID: <", 1)[1].split(b">", 1)[0]
@@ -481,7 +527,9 @@ def main() -> int:
         dovecot.deliver_many(USER, counted())
         total_mb = sum(sizes) / 1e6
         print(f"generated and loaded {args.messages} messages ({total_mb:.0f} MB) in {time.perf_counter() - t:.1f} s", flush=True)
-        print(f"mailbox: {args.messages} messages, {total_mb:.0f} MB; database: {db}; {os.cpu_count()} cores", flush=True)
+        signed = f"; {args.dkim:.0%} DKIM-signed, verified by Mailroom" if args.dkim else ""
+        print(f"mailbox: {args.messages} messages, {total_mb:.0f} MB{signed}; database: {db}; {os.cpu_count()} cores",
+              flush=True)
         for run in range(1, args.runs + 1):
             os.sync()
             mb_secs = run_mbsync(dovecot.host, dovecot.imap_port, workdir / f"mbsync-{run}")
