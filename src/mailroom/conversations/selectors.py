@@ -67,6 +67,9 @@ class TimelineItem:
 class Page:
     items: list[Any]
     next_cursor: str | None
+    # The filtered rows the page is cut from, without the cursor (one row per listed item): what the
+    # list's count counts.
+    matching: QuerySet[Any]
 
 
 def _items(message_ids: list[int]) -> list[TimelineItem]:
@@ -120,7 +123,7 @@ def _link_page(qs: QuerySet[MessageContact], cursor: str | None, limit: int) -> 
     ids = list(seen)[:limit]
     more = len(seen) > limit or len(rows) == limit * 3 + 1
     nxt = encode_cursor(seen[ids[-1]], ids[-1]) if ids and more else None
-    return Page(_items(ids), nxt)
+    return Page(_items(ids), nxt, qs.values("message_id").distinct())  # each message once, as listed
 
 
 def contact_timeline(*, contact_id: int, cursor: str | None = None, limit: int = 50) -> Page:
@@ -134,11 +137,12 @@ def company_timeline(*, company_id: int, cursor: str | None = None, limit: int =
 
 def deal_timeline(*, deal_id: int, cursor: str | None = None, limit: int = 50) -> Page:
     limit = _limit(limit)
-    qs = _keyset(Message.objects.filter(thread__deal_id=deal_id), "date", "id", cursor)
+    matching = Message.objects.filter(thread__deal_id=deal_id)
+    qs = _keyset(matching, "date", "id", cursor)
     rows = list(qs.order_by("-date", "-id").values_list("date", "id")[: limit + 1])
     ids = [pk for _, pk in rows[:limit]]
     nxt = encode_cursor(rows[limit - 1][0], rows[limit - 1][1]) if len(rows) > limit else None
-    return Page(_items(ids), nxt)
+    return Page(_items(ids), nxt, matching)
 
 
 def thread_list(
@@ -157,7 +161,7 @@ def thread_list(
         qs = qs.filter(deal_id=deal_id)
     rows = list(_keyset(qs, "last_message_at", "id", cursor).order_by("-last_message_at", "-id")[: limit + 1])
     nxt = encode_cursor(rows[limit - 1].last_message_at, rows[limit - 1].pk) if len(rows) > limit else None
-    return Page(rows[:limit], nxt)
+    return Page(rows[:limit], nxt, qs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,3 +322,4 @@ def message_warnings(message: Message, participants: list[Participant] | None = 
             "a reply must choose one (reply_to_choice: from or reply_to)",
         ))
     return out
+
