@@ -14,7 +14,7 @@ from mailroom.conversations.models import Message
 from mailroom.ingest.imap.worker import mailbox_sync_once
 from mailroom.mailboxes.models import Mailbox
 from tests.factories import MailboxFactory
-from tests.ingest.helpers import make_mail
+from tests.ingest.helpers import mailbox_for, make_mail
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -166,3 +166,64 @@ def test_list_shows_a_message_once_it_is_linked_with_an_exact_count(api_client: 
     rest = api_client.get(f"/api/v1/messages?limit=2&cursor={page['next_cursor']}").json()
     assert rest["count"] == 3 and len(rest["items"]) == 1
     assert api_client.get("/api/v1/messages?state=bogus").status_code == 400
+
+
+def test_folders_show_linked_and_quarantined_of_the_current_uidvalidity_after_a_real_sync(
+    api_client: Client, user: Any, mail_user: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored, linked and quarantined, in UIDs of the folder's current UIDVALIDITY: a message the
+    parser fails on three times is quarantined, the rest are linked; after the server renumbers the
+    folder the old UIDs' sources no longer count."""
+    from mailroom.parsing import workers
+
+    settings.MAILROOM_PARSE_PROCESSES = 0  # the failing parser is patched into this process
+    real = workers.parse_message
+
+    def failing_on_poison(raw: bytes, **kwargs: Any) -> Any:
+        if b"poison" in raw:
+            raise ValueError("parser exploded on this one")
+        return real(raw, **kwargs)
+
+    monkeypatch.setattr(workers, "parse_message", failing_on_poison)
+    box = mail_user()
+    box.dovecot.deliver_many(box.email, [make_mail(i) for i in range(3)] + [make_mail(3, subject="poison")])
+    mb = mailbox_for(box, team=user.memberships.get().team, sync_roles=["inbox", "sent"])
+    mailbox_sync_once(mb)
+    pipeline.drain()
+
+    def counts() -> dict[str, tuple[int, int, int, int]]:
+        [listed] = api_client.get("/api/v1/mailboxes").json()
+        assert listed == api_client.get(f"/api/v1/mailboxes/{mb.pk}").json()
+        return {f["role"]: (f["server_count"], f["stored_count"], f["linked_count"], f["quarantined_count"])
+                for f in listed["folders"] if f["selected"]}
+
+    assert counts() == {"inbox": (4, 4, 3, 1), "sent": (0, 0, 0, 0)}
+    box.dovecot.reset_uidvalidity(box.email, "INBOX")
+    box.dovecot.deliver(box.email, make_mail(4))
+    mailbox_sync_once(mb)
+    pipeline.drain()
+    assert counts() == {"inbox": (5, 5, 4, 1), "sent": (0, 0, 0, 0)}  # not 7 linked: old UIDs left out
+
+
+def test_mailbox_list_counts_all_folders_in_one_query(api_client: Client, user: Any) -> None:
+    """Listing many mailboxes costs the same number of queries as listing one (no query per folder)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.factories import FolderFactory
+
+    team = user.memberships.get().team
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            assert api_client.get("/api/v1/mailboxes").status_code == 200
+        return len(ctx.captured_queries)
+
+    FolderFactory(mailbox=MailboxFactory(team=team))
+    queries()  # the token's first use is recorded once
+    one = queries()
+    for _ in range(3):
+        mailbox = MailboxFactory(team=team)
+        for name in ("INBOX", "Sent", "Archive"):
+            FolderFactory(mailbox=mailbox, name=name)
+    assert queries() == one

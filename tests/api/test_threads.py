@@ -113,7 +113,9 @@ def test_other_team_404_and_no_side_effect(world: dict[str, Any], other_team_cli
     for method, url, body in _endpoints(world):
         r = _post(other_team_client, url, body, method)
         assert r.status_code == 404, url
-    assert other_team_client.get("/api/v1/threads").json() == {"items": [], "next_cursor": None}
+    assert other_team_client.get("/api/v1/threads").json() == {
+        "items": [], "next_cursor": None, "count": 0, "count_kind": "exact"
+    }
     assert _state() == before
 
 

@@ -78,10 +78,11 @@ def test_reply_to_other_teams_message_is_404(api_client: Client, sink_mailbox: A
 def test_list_get_cancel_retry_access(api_client: Client, other_team_client: Client, sink_mailbox: Any) -> None:
     created = _post(api_client, _body(sink_mailbox, send_at="2099-01-01T00:00:00Z")).json()
     oid = created["id"]
-    assert [r["id"] for r in api_client.get("/api/v1/outbox").json()] == [oid]
+    listed = api_client.get("/api/v1/outbox").json()
+    assert ([r["id"] for r in listed["items"]], listed["count"], listed["count_kind"]) == ([oid], 1, "exact")
     assert api_client.get(f"/api/v1/outbox/{oid}").json()["state"] == "queued"
     # Other team: sees nothing, can change nothing.
-    assert other_team_client.get("/api/v1/outbox").json() == []
+    assert other_team_client.get("/api/v1/outbox").json() == {"items": [], "count": 0, "count_kind": "exact"}
     assert other_team_client.get(f"/api/v1/outbox/{oid}").status_code == 404
     assert other_team_client.post(f"/api/v1/outbox/{oid}/cancel").status_code == 404
     assert other_team_client.post(f"/api/v1/outbox/{oid}/retry").status_code == 404

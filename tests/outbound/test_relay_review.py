@@ -29,16 +29,20 @@ def test_list_get_download_and_release_a_held_reply(
     relay_on: None, sink_mailbox: Any, user: Any, api_client: Any, other_team_client: Any
 ) -> None:
     hold, raw, _ = _held_stranger_reply(user, sink_mailbox)
-    listed = api_client.get(URL).json()
+    page = api_client.get(URL).json()
+    assert (page["count"], page["count_kind"]) == (1, "exact")
+    listed = page["items"]
     assert [(h["id"], h["mailbox"], h["relay_kind"], h["mail_from"], h["subject"], h["message_id"], h["decision"])
             for h in listed] == [(hold.pk, sink_mailbox.pk, "client", "stranger@other.test", "Re: Hello",
                                   "fake@other.test", "pending")]
     assert listed[0]["reason"] == "sender stranger@other.test is not a participant of the thread"
-    assert api_client.get(f"{URL}?mailbox={sink_mailbox.pk + 1000}").json() == []
+    assert api_client.get(f"{URL}?mailbox={sink_mailbox.pk + 1000}").json() == {
+        "items": [], "count": 0, "count_kind": "exact"
+    }
     dl = api_client.get(f"{URL}/{hold.pk}/raw")
     assert (dl.status_code, dl.content, dl["Content-Type"]) == (200, raw, "message/rfc822")
     # Another team sees none of it and cannot act on it.
-    assert other_team_client.get(URL).json() == []
+    assert other_team_client.get(URL).json() == {"items": [], "count": 0, "count_kind": "exact"}
     for path in (f"{URL}/{hold.pk}", f"{URL}/{hold.pk}/raw"):
         assert other_team_client.get(path).status_code == 404
     assert other_team_client.post(f"{URL}/{hold.pk}/release").json() == {"detail": f"held relay mail {hold.pk} not found"}
@@ -52,8 +56,8 @@ def test_list_get_download_and_release_a_held_reply(
     again = api_client.post(f"{URL}/{hold.pk}/release")
     assert again.status_code == 409
     assert again.json()["detail"] == f"held relay mail {hold.pk} was already released"
-    assert api_client.get(URL).json() == []
-    assert [h["id"] for h in api_client.get(f"{URL}?decision=released").json()] == [hold.pk]
+    assert api_client.get(URL).json()["items"] == []
+    assert [h["id"] for h in api_client.get(f"{URL}?decision=released").json()["items"]] == [hold.pk]
 
 
 def test_rejected_mail_stays_out_of_the_thread(relay_on: None, sink_mailbox: Any, user: Any, api_client: Any) -> None:
@@ -62,7 +66,7 @@ def test_rejected_mail_stays_out_of_the_thread(relay_on: None, sink_mailbox: Any
     assert (res.status_code, res.json()["decision"]) == (200, "rejected")
     assert api_client.post(f"{URL}/{hold.pk}/release").status_code == 409
     assert not Message.objects.filter(message_id="fake@other.test").exists()
-    assert [h["id"] for h in api_client.get(f"{URL}?decision=rejected").json()] == [hold.pk]
+    assert [h["id"] for h in api_client.get(f"{URL}?decision=rejected").json()["items"]] == [hold.pk]
 
 
 def test_mail_of_a_revoked_address_cannot_be_released(relay_on: None, sink_mailbox: Any, user: Any, api_client: Any) -> None:

@@ -40,12 +40,12 @@ def test_login_and_live_sync_progress(live_server: Any, team: Any, monkeypatch: 
             page.click("input[type=submit]")
             page.wait_for_url(f"{live_server.url}/")
             assert page.inner_text("#mailboxes").count("sales@company.test") == 1
-            assert "INBOX: 50 / 200" in page.inner_text("#mailboxes")
+            assert "INBOX: 50 / 0 / 200" in page.inner_text("#mailboxes")
             Folder.objects.filter(pk=folder.pk).update(stored_count=200, backfill_done=True)
             # That ran inside Playwright's event loop, whose context gets a database connection of its
             # own; left open, it keeps PostgreSQL from dropping the test database at the end.
             connection.close()
-            page.wait_for_function("document.querySelector('#mailboxes').innerText.includes('INBOX: 200 / 200')", timeout=10_000)
+            page.wait_for_function("document.querySelector('#mailboxes').innerText.includes('INBOX: 200 / 0 / 200')", timeout=10_000)
             assert page.locator("#mailboxes progress").count() == 0
             assert outside == []
         finally:

@@ -19,12 +19,12 @@ def test_home_shows_my_mailboxes_progress_and_mail_only(user: Any, team: Any) ->
     client = Client()
     client.force_login(user)
     page = client.get("/").content.decode()
-    assert "sales@company.test" in page and "INBOX: 50 / 200" in page
+    assert "sales@company.test" in page and "INBOX: 50 / 0 / 200" in page
     assert '<progress max="200" value="50">' in page
     assert "Счёт на оплату" in page
     assert "secret@other.test" not in page and "Not yours" not in page
     partial = client.get("/mailboxes/status").content.decode()
-    assert partial.startswith('<table id="mailboxes">') and "INBOX: 50 / 200" in partial
+    assert partial.startswith('<table id="mailboxes">') and "INBOX: 50 / 0 / 200" in partial
 
 
 def test_home_needs_login(db: Any) -> None:
@@ -56,3 +56,35 @@ def test_recent_mail_says_who_could_not_be_verified(user: Any, team: Any, lang: 
     for subject, label in zip(["Forged", "Unsigned answer", "Our address"], labels, strict=True):
         assert f"⚠ {label}</span>" in rows[subject]
     assert "⚠" not in rows["Plain"]
+
+
+@pytest.mark.parametrize(
+    ("lang", "header", "quarantined"),
+    [
+        ("en", "Folders (stored / linked / on the server)", "1 quarantined"),
+        ("ru", "Папки (загружено / обработано / на сервере)", "1 в карантине"),
+    ],
+)
+def test_mailbox_table_shows_stored_linked_and_on_the_server(
+    user: Any, team: Any, lang: str, header: str, quarantined: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from mailroom.conversations.models import Message
+    from tests.conversations.mail import ingest, raw_email
+
+    mb = MailboxFactory(team=team, email="sales@company.test")
+    inbox = FolderFactory(mailbox=mb, server_count=9, stored_count=4, backfill_done=False)
+    FolderFactory(mailbox=mb, name="Sent", role="sent", server_count=0, stored_count=0, backfill_done=True)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    stored = ingest(team, mb, *[raw_email(mid=f"w{i}@client.test", frm="anna@client.test", subject=f"S{i}",
+                                          date=t0 + timedelta(minutes=i)) for i in range(4)], folder=inbox)
+    # As the pipeline leaves a message it failed on three times (tests/api covers the real failure).
+    Message.objects.filter(pk=stored[0].pk).update(state=Message.State.QUARANTINED)
+    client = Client(HTTP_ACCEPT_LANGUAGE=lang)
+    client.force_login(user)
+    for url in ("/", "/mailboxes/status"):
+        page = client.get(url).content.decode()
+        assert f"<th>{header}</th>" in page
+        assert f'INBOX: 4 / 3 / 9 <span class="err">{quarantined}</span> <progress max="9" value="4">' in page
+        assert "Sent: 0 / 0 / 0<br>" in page

@@ -3,6 +3,7 @@ company or deal (every message of the team's mailboxes, each once, newest first)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from ninja import Router, Schema
 from pydantic import Field
 
 from mailroom.accounts.access import access_team_for_user, default_team_for_user, scope_to_user
+from mailroom.api.counting import CountedPage, CountMode, CountParam, count_rows
 from mailroom.api.inputs import InputSchema, QueryText
 from mailroom.api.params import id_query, limit_query
 from mailroom.conversations.selectors import MAX_LIMIT as TIMELINE_MAX_LIMIT
@@ -30,6 +32,7 @@ from mailroom.crm.access import (
 )
 from mailroom.crm.models import AMOUNT_DECIMAL_PLACES, AMOUNT_MAX_DIGITS, Company, Contact, Deal, IgnoreEntry
 from mailroom.crm.selectors import MAX_LIMIT as CRM_MAX_LIMIT
+from mailroom.crm.selectors import IdPage
 
 contacts_router = Router(tags=["contacts"])
 companies_router = Router(tags=["companies"])
@@ -145,17 +148,17 @@ class IgnoreIn(InputSchema):
     note: str = Field("", max_length=300)
 
 
-class ContactPage(Schema):
+class ContactPage(CountedPage):
     items: list[ContactOut]
     next_cursor: int | None
 
 
-class CompanyPage(Schema):
+class CompanyPage(CountedPage):
     items: list[CompanyOut]
     next_cursor: int | None
 
 
-class DealPage(Schema):
+class DealPage(CountedPage):
     items: list[DealOut]
     next_cursor: int | None
 
@@ -172,7 +175,7 @@ class TimelineItemOut(Schema):
     snippet: str
 
 
-class TimelineOut(Schema):
+class TimelineOut(CountedPage):
     items: list[TimelineItemOut]
     next_cursor: str | None
 
@@ -240,14 +243,20 @@ def deal_out(d: Deal) -> dict[str, Any]:
     }
 
 
-def timeline_out(page: Page) -> dict[str, Any]:
+def timeline_out(page: Page, count: CountMode) -> dict[str, Any]:
     return {
         "items": [
             {**{k: getattr(i, k) for k in TimelineItemOut.model_fields}, "mailboxes": list(i.mailboxes)}
             for i in page.items
         ],
         "next_cursor": page.next_cursor,
+        **count_rows(page.matching, count),
     }
+
+
+def id_page_out(page: IdPage, out: Callable[[Any], dict[str, Any]], count: CountMode) -> dict[str, Any]:
+    return {"items": [out(row) for row in page.items], "next_cursor": page.next_cursor,
+            **count_rows(page.matching, count)}
 
 
 # --- contacts ------------------------------------------------------------------------------------------
@@ -260,6 +269,7 @@ def list_contacts(
     company_id: int | None = id_query(),
     cursor: int | None = id_query("next_cursor of the previous page"),
     limit: int = limit_query(50, CRM_MAX_LIMIT),
+    count: CountParam = "exact",
 ) -> dict[str, Any]:
     page = selectors.contact_list(
         contacts=contacts_for_user(request.user),
@@ -270,7 +280,7 @@ def list_contacts(
         cursor=cursor,
         limit=limit,
     )
-    return {"items": [contact_out(c) for c in page.items], "next_cursor": page.next_cursor}
+    return id_page_out(page, contact_out, count)
 
 
 @contacts_router.post("", response={201: ContactOut})
@@ -312,21 +322,23 @@ def delete_contact(request: HttpRequest, contact_id: int) -> tuple[int, None]:
 
 @contacts_router.get("/{contact_id}/timeline", response=TimelineOut)
 def contact_timeline_view(
-    request: HttpRequest, contact_id: int, cursor: QueryText | None = None, limit: int = limit_query(50, TIMELINE_MAX_LIMIT)
+    request: HttpRequest, contact_id: int, cursor: QueryText | None = None,
+    limit: int = limit_query(50, TIMELINE_MAX_LIMIT), count: CountParam = "exact",
 ) -> dict[str, Any]:
     contact = access_contact_for_user(request.user, contact_id)
-    return timeline_out(contact_timeline(contact_id=contact.pk, cursor=cursor, limit=limit))
+    return timeline_out(contact_timeline(contact_id=contact.pk, cursor=cursor, limit=limit), count)
 
 
 # --- companies -----------------------------------------------------------------------------------------
 @companies_router.get("", response=CompanyPage)
 def list_companies(
-    request: HttpRequest, q: QueryText = "", domain: QueryText = "", cursor: int | None = id_query("next_cursor of the previous page"), limit: int = limit_query(50, CRM_MAX_LIMIT)
+    request: HttpRequest, q: QueryText = "", domain: QueryText = "", cursor: int | None = id_query("next_cursor of the previous page"), limit: int = limit_query(50, CRM_MAX_LIMIT),
+    count: CountParam = "exact",
 ) -> dict[str, Any]:
     page = selectors.company_list(
         companies=companies_for_user(request.user), q=q, domain=domain, cursor=cursor, limit=limit
     )
-    return {"items": [company_out(c) for c in page.items], "next_cursor": page.next_cursor}
+    return id_page_out(page, company_out, count)
 
 
 @companies_router.post("", response={201: CompanyOut})
@@ -356,10 +368,11 @@ def delete_company(request: HttpRequest, company_id: int) -> tuple[int, None]:
 
 @companies_router.get("/{company_id}/timeline", response=TimelineOut)
 def company_timeline_view(
-    request: HttpRequest, company_id: int, cursor: QueryText | None = None, limit: int = limit_query(50, TIMELINE_MAX_LIMIT)
+    request: HttpRequest, company_id: int, cursor: QueryText | None = None,
+    limit: int = limit_query(50, TIMELINE_MAX_LIMIT), count: CountParam = "exact",
 ) -> dict[str, Any]:
     company = access_company_for_user(request.user, company_id)
-    return timeline_out(company_timeline(company_id=company.pk, cursor=cursor, limit=limit))
+    return timeline_out(company_timeline(company_id=company.pk, cursor=cursor, limit=limit), count)
 
 
 # --- deals ---------------------------------------------------------------------------------------------
@@ -372,6 +385,7 @@ def list_deals(
     company_id: int | None = id_query(),
     cursor: int | None = id_query("next_cursor of the previous page"),
     limit: int = limit_query(50, CRM_MAX_LIMIT),
+    count: CountParam = "exact",
 ) -> dict[str, Any]:
     page = selectors.deal_list(
         deals=deals_for_user(request.user),
@@ -382,7 +396,7 @@ def list_deals(
         cursor=cursor,
         limit=limit,
     )
-    return {"items": [deal_out(d) for d in page.items], "next_cursor": page.next_cursor}
+    return id_page_out(page, deal_out, count)
 
 
 @deals_router.post("", response={201: DealOut})
@@ -430,10 +444,11 @@ def delete_deal(request: HttpRequest, deal_id: int) -> tuple[int, None]:
 
 @deals_router.get("/{deal_id}/timeline", response=TimelineOut)
 def deal_timeline_view(
-    request: HttpRequest, deal_id: int, cursor: QueryText | None = None, limit: int = limit_query(50, TIMELINE_MAX_LIMIT)
+    request: HttpRequest, deal_id: int, cursor: QueryText | None = None,
+    limit: int = limit_query(50, TIMELINE_MAX_LIMIT), count: CountParam = "exact",
 ) -> dict[str, Any]:
     deal = access_deal_for_user(request.user, deal_id)
-    return timeline_out(deal_timeline(deal_id=deal.pk, cursor=cursor, limit=limit))
+    return timeline_out(deal_timeline(deal_id=deal.pk, cursor=cursor, limit=limit), count)
 
 
 # --- ignore list ---------------------------------------------------------------------------------------

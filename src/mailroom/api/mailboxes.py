@@ -17,6 +17,7 @@ from mailroom.accounts.access import (
     require_team_admin,
 )
 from mailroom.api.inputs import InputSchema
+from mailroom.conversations.selectors import NO_PROGRESS, FolderProgress, folder_progress
 from mailroom.mailboxes.models import Mailbox
 from mailroom.mailboxes.services import mailbox_create, mailbox_delete, mailbox_test, mailbox_update
 
@@ -85,8 +86,14 @@ class FolderOut(Schema):
     role: str
     selected: bool
     uidvalidity: int | None
-    server_count: int
-    stored_count: int
+    server_count: int = Field(description="messages (UIDs) in the folder on the server at the last look")
+    stored_count: int = Field(description="of those, stored here (current UIDVALIDITY)")
+    linked_count: int = Field(
+        description="of the stored, linked: parsed and threaded, on cards (the pipeline is done with them)"
+    )
+    quarantined_count: int = Field(
+        description="of the stored, quarantined: failed to parse or link 3 times (see mailroom quarantine)"
+    )
     backfill_done: bool
     last_sync_at: datetime | None
 
@@ -127,15 +134,21 @@ class TestOut(Schema):
     errors: list[str]
 
 
-def _out(mb: Mailbox) -> dict[str, Any]:
+def _out(mb: Mailbox, progress: dict[int, FolderProgress] | None = None) -> dict[str, Any]:
+    """One mailbox as the API shows it. ``progress``: ``folder_progress`` of a list of mailboxes
+    including this one (computed for this one alone when not given)."""
+    if progress is None:
+        progress = folder_progress(mailbox_ids=[mb.pk])
     data = {f: getattr(mb, f) for f in MailboxOut.model_fields if f not in ("team", "folders", "sync_roles")}
     data["team"] = mb.team_id
     data["sync_roles"] = mb.roles
     data["folders"] = [
         {
             "id": f.pk, "name": f.name, "role": f.role, "selected": f.selected, "uidvalidity": f.uidvalidity,
-            "server_count": f.server_count, "stored_count": f.stored_count, "backfill_done": f.backfill_done,
-            "last_sync_at": f.last_sync_at,
+            "server_count": f.server_count, "stored_count": f.stored_count,
+            "linked_count": progress.get(f.pk, NO_PROGRESS).linked,
+            "quarantined_count": progress.get(f.pk, NO_PROGRESS).quarantined,
+            "backfill_done": f.backfill_done, "last_sync_at": f.last_sync_at,
         }
         for f in sorted(mb.folders.all(), key=lambda f: (not f.selected, f.name))
     ]
@@ -144,7 +157,9 @@ def _out(mb: Mailbox) -> dict[str, Any]:
 
 @router.get("", response=list[MailboxOut])
 def list_mailboxes(request: HttpRequest) -> list[dict[str, Any]]:
-    return [_out(mb) for mb in mailboxes_for_user(request.user).prefetch_related("folders").order_by("id")]
+    mailboxes = list(mailboxes_for_user(request.user).prefetch_related("folders").order_by("id"))
+    progress = folder_progress(mailbox_ids=[mb.pk for mb in mailboxes])
+    return [_out(mb, progress) for mb in mailboxes]
 
 
 @router.post("", response={201: MailboxOut})

@@ -13,6 +13,7 @@ from ninja import Query, Router, Schema
 from pydantic import Field
 
 from mailroom.accounts.access import access_mailbox_for_user
+from mailroom.api.counting import COUNT_DESCRIPTION, CountedPage, CountMode, count_rows
 from mailroom.api.inputs import InputSchema
 from mailroom.api.params import MAX_DB_ID, MAX_LIMIT
 from mailroom.conversations.access import access_message_for_user, messages_for_user
@@ -93,10 +94,9 @@ class MessageDetail(MessageSummary):
     last_error: str
 
 
-class MessagePage(Schema):
+class MessagePage(CountedPage):
     items: list[MessageSummary]
     next_cursor: str | None
-    count: int = Field(description="exact number of messages that match the filters (all pages)")
 
 
 class MessageFilters(InputSchema):
@@ -110,6 +110,7 @@ class MessageFilters(InputSchema):
     )
     cursor: str | None = None
     limit: int = Field(50, ge=1, le=MAX_LIMIT)
+    count: CountMode = Field("exact", description=COUNT_DESCRIPTION)
 
 
 def _encode_cursor(msg: Message) -> str:
@@ -158,7 +159,7 @@ def list_messages(request: HttpRequest, filters: Query[MessageFilters]) -> dict[
         if state not in Message.State.values:
             raise InvalidInput(f"state must be one of {', '.join(Message.State.values)} or any", field="state")
         qs = qs.filter(state=state)
-    count = qs.count()
+    counted = count_rows(qs, filters.count)
     if filters.cursor:
         date, pk = _decode_cursor(filters.cursor)
         qs = qs.filter(Q(date__lt=date) | Q(date=date, id__lt=pk))
@@ -171,7 +172,7 @@ def list_messages(request: HttpRequest, filters: Query[MessageFilters]) -> dict[
     more = len(rows) > filters.limit
     rows = rows[: filters.limit]
     return {"items": [_summary(m) for m in rows], "next_cursor": _encode_cursor(rows[-1]) if more and rows else None,
-            "count": count}
+            **counted}
 
 
 @router.get("/{message_id}", response=MessageDetail)

@@ -9,6 +9,7 @@ from django.http import HttpRequest
 from ninja import Field, Router, Schema
 
 from mailroom.accounts.access import access_mailbox_for_user
+from mailroom.api.counting import CountedPage, CountParam, count_rows
 from mailroom.api.inputs import InputSchema, QueryText
 from mailroom.api.params import id_query, limit_query, offset_query
 from mailroom.core.errors import InvalidInput
@@ -90,6 +91,10 @@ class OutboxOut(Schema):
     created_at: datetime
 
 
+class OutboxPage(CountedPage):
+    items: list[OutboxOut] = Field(description="newest first; the next page is offset + limit")
+
+
 class Error(Schema):
     detail: str
     field: str | None = None
@@ -126,15 +131,16 @@ def outbox_compose(request: HttpRequest, payload: OutboxIn) -> tuple[int, dict[s
     return (201 if created else 200), _out(row)
 
 
-@router.get("", response=list[OutboxOut])
+@router.get("", response=OutboxPage)
 def outbox_list(request: HttpRequest, state: QueryText | None = None, mailbox: int | None = id_query(),
-                limit: int = limit_query(), offset: int = offset_query()) -> list[dict[str, Any]]:
+                limit: int = limit_query(), offset: int = offset_query(),
+                count: CountParam = "exact") -> dict[str, Any]:
     qs = outbox_for_user(request.user).order_by("-id")
     if state:
         qs = qs.filter(state=state)
     if mailbox is not None:
         qs = qs.filter(mailbox_id=mailbox)
-    return [_out(r) for r in qs[offset : offset + limit]]
+    return {"items": [_out(r) for r in qs[offset : offset + limit]], **count_rows(qs, count)}
 
 
 @router.get("/{outbox_id}", response={200: OutboxOut, 404: Error})

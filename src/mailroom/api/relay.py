@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema
+from pydantic import Field
 
+from mailroom.api.counting import CountedPage, CountParam, count_rows
 from mailroom.api.messages import file_response
 from mailroom.api.params import id_query, limit_query, offset_query
 from mailroom.outbound.access import access_relay_hold_for_user, relay_holds_for_user
@@ -36,6 +38,10 @@ class HoldOut(Schema):
     outbox: int | None
 
 
+class HoldPage(CountedPage):
+    items: list[HoldOut] = Field(description="newest first; the next page is offset + limit")
+
+
 class Error(Schema):
     detail: str
     field: str | None = None
@@ -54,13 +60,15 @@ def _out(hold: RelayHold) -> dict[str, Any]:
     }
 
 
-@router.get("/holds", response=list[HoldOut], summary="Held relay mail, newest first")
+@router.get("/holds", response=HoldPage, summary="Held relay mail, newest first")
 def holds_list(request: HttpRequest, decision: Literal["pending", "released", "rejected"] = "pending",
-               mailbox: int | None = id_query(), limit: int = limit_query(), offset: int = offset_query()) -> list[dict[str, Any]]:
+               mailbox: int | None = id_query(), limit: int = limit_query(), offset: int = offset_query(),
+               count: CountParam = "exact") -> dict[str, Any]:
     qs = relay_holds_for_user(request.user).filter(decision="" if decision == "pending" else decision)
     if mailbox is not None:
         qs = qs.filter(token__mailbox_id=mailbox)
-    return [_out(h) for h in qs.select_related("token").order_by("-id")[offset : offset + limit]]
+    page = qs.select_related("token").order_by("-id")[offset : offset + limit]
+    return {"items": [_out(h) for h in page], **count_rows(qs, count)}
 
 
 @router.get("/holds/{hold_id}", response={200: HoldOut, 404: Error})

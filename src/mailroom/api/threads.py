@@ -9,6 +9,7 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Router, Schema
 
+from mailroom.api.counting import CountedPage, CountParam, count_rows
 from mailroom.api.inputs import InputSchema, QueryText
 from mailroom.api.params import id_query, limit_query
 from mailroom.conversations import threads as services
@@ -60,7 +61,7 @@ class ThreadDetail(ThreadOut):
     messages: list[ThreadMessageOut]
 
 
-class ThreadPage(Schema):
+class ThreadPage(CountedPage):
     items: list[ThreadOut]
     next_cursor: str | None
 
@@ -117,6 +118,7 @@ def list_threads(
     limit: int = limit_query(50, MAX_LIMIT),
     verification: QueryText | None = None,
     deal_id: int | None = id_query(),
+    count: CountParam = "exact",
 ) -> dict[str, Any]:
     page = thread_list(
         threads=threads_for_user(request.user),
@@ -125,7 +127,8 @@ def list_threads(
         verification=verification,
         deal_id=deal_id,
     )
-    return {"items": [thread_out(t) for t in page.items], "next_cursor": page.next_cursor}
+    return {"items": [thread_out(t) for t in page.items], "next_cursor": page.next_cursor,
+            **count_rows(page.matching, count)}
 
 
 @router.get("/{thread_id}", response=ThreadDetail)

@@ -1,13 +1,14 @@
-"""Reads for threads and timelines: keyset (cursor) pagination on (date, id), index-backed."""
+"""Reads for threads, timelines and folder progress: keyset (cursor) pagination on (date, id), index-backed."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 
 from mailroom.conversations.models import Message, MessageContact, Participant, Source, Thread
 from mailroom.core.errors import InvalidInput
@@ -67,6 +68,9 @@ class TimelineItem:
 class Page:
     items: list[Any]
     next_cursor: str | None
+    # The filtered rows the page is cut from, without the cursor (one row per listed item): what the
+    # list's count counts.
+    matching: QuerySet[Any]
 
 
 def _items(message_ids: list[int]) -> list[TimelineItem]:
@@ -120,7 +124,7 @@ def _link_page(qs: QuerySet[MessageContact], cursor: str | None, limit: int) -> 
     ids = list(seen)[:limit]
     more = len(seen) > limit or len(rows) == limit * 3 + 1
     nxt = encode_cursor(seen[ids[-1]], ids[-1]) if ids and more else None
-    return Page(_items(ids), nxt)
+    return Page(_items(ids), nxt, qs.values("message_id").distinct())  # each message once, as listed
 
 
 def contact_timeline(*, contact_id: int, cursor: str | None = None, limit: int = 50) -> Page:
@@ -134,11 +138,12 @@ def company_timeline(*, company_id: int, cursor: str | None = None, limit: int =
 
 def deal_timeline(*, deal_id: int, cursor: str | None = None, limit: int = 50) -> Page:
     limit = _limit(limit)
-    qs = _keyset(Message.objects.filter(thread__deal_id=deal_id), "date", "id", cursor)
+    matching = Message.objects.filter(thread__deal_id=deal_id)
+    qs = _keyset(matching, "date", "id", cursor)
     rows = list(qs.order_by("-date", "-id").values_list("date", "id")[: limit + 1])
     ids = [pk for _, pk in rows[:limit]]
     nxt = encode_cursor(rows[limit - 1][0], rows[limit - 1][1]) if len(rows) > limit else None
-    return Page(_items(ids), nxt)
+    return Page(_items(ids), nxt, matching)
 
 
 def thread_list(
@@ -157,7 +162,7 @@ def thread_list(
         qs = qs.filter(deal_id=deal_id)
     rows = list(_keyset(qs, "last_message_at", "id", cursor).order_by("-last_message_at", "-id")[: limit + 1])
     nxt = encode_cursor(rows[limit - 1].last_message_at, rows[limit - 1].pk) if len(rows) > limit else None
-    return Page(rows[:limit], nxt)
+    return Page(rows[:limit], nxt, qs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,3 +323,40 @@ def message_warnings(message: Message, participants: list[Participant] | None = 
             "a reply must choose one (reply_to_choice: from or reply_to)",
         ))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class FolderProgress:
+    """How far a folder's stored mail has come through the pipeline, in UIDs of its current
+    UIDVALIDITY (the unit of ``Folder.stored_count`` and ``server_count``, so the three compare)."""
+
+    linked: int = 0
+    quarantined: int = 0
+
+
+NO_PROGRESS = FolderProgress()
+
+
+def folder_progress(*, mailbox_ids: Iterable[int]) -> dict[int, FolderProgress]:
+    """Linked and quarantined counts of every folder of these mailboxes, by folder id, in one grouped
+    query (a mailbox list shows many folders; a query per folder would be a query per row). A folder
+    with neither is absent: use ``NO_PROGRESS``. Sources of an older UIDVALIDITY are left out, as
+    ``stored_count`` leaves them out after the folder restarts."""
+    rows = (
+        Source.objects.filter(
+            folder__mailbox_id__in=list(mailbox_ids),
+            kind=Source.Kind.IMAP,
+            uidvalidity=F("folder__uidvalidity"),
+            message__state__in=(Message.State.LINKED, Message.State.QUARANTINED),
+        )
+        .order_by()
+        .values_list("folder_id", "message__state")
+        .annotate(n=Count("pk"))
+    )
+    counts: dict[int, dict[str, int]] = {}
+    for folder_id, state, n in rows:
+        counts.setdefault(folder_id, {})[state] = n
+    return {
+        folder_id: FolderProgress(linked=c.get(Message.State.LINKED, 0), quarantined=c.get(Message.State.QUARANTINED, 0))
+        for folder_id, c in counts.items()
+    }

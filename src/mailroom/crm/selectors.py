@@ -18,15 +18,18 @@ MAX_LIMIT = 200
 class IdPage:
     items: list[Any]
     next_cursor: int | None
+    # The filtered rows the page is cut from, without the cursor: what the list's count counts.
+    matching: QuerySet[Any]
 
 
 def _page(qs: QuerySet[Any], cursor: int | None, limit: int) -> IdPage:
     if limit < 1 or limit > MAX_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
+    matching = qs
     if cursor is not None:
         qs = qs.filter(pk__lt=cursor)
     rows = list(qs.order_by("-pk")[: limit + 1])
-    return IdPage(rows[:limit], rows[limit - 1].pk if len(rows) > limit else None)
+    return IdPage(rows[:limit], rows[limit - 1].pk if len(rows) > limit else None, matching)
 
 
 def contact_list(

@@ -8,7 +8,8 @@ from django.utils.translation import gettext as _
 
 from mailroom.accounts.access import mailboxes_for_user
 from mailroom.conversations.access import messages_for_user
-from mailroom.conversations.selectors import message_warnings
+from mailroom.conversations.selectors import NO_PROGRESS, folder_progress, message_warnings
+from mailroom.mailboxes.models import Mailbox
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -17,8 +18,15 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-def _mailboxes(request: HttpRequest) -> object:
-    return mailboxes_for_user(request.user).prefetch_related("folders").order_by("id")
+def _mailboxes(request: HttpRequest) -> list[Mailbox]:
+    """The user's mailboxes with their folders, each folder carrying ``progress`` (linked and
+    quarantined counts), all folders' counts in one query."""
+    mailboxes = list(mailboxes_for_user(request.user).prefetch_related("folders").order_by("id"))
+    progress = folder_progress(mailbox_ids=[mb.pk for mb in mailboxes])
+    for mb in mailboxes:
+        for f in mb.folders.all():
+            f.progress = progress.get(f.pk, NO_PROGRESS)  # type: ignore[attr-defined]
+    return mailboxes
 
 
 @login_required
