@@ -234,3 +234,89 @@ def test_new_mail_records_events_once(mail_user: Any) -> None:
     assert {p["via"] for _, p in events} == {"imap", "mail client"}
     assert {p["message"] for _, p in events} == set(Message.objects.values_list("pk", flat=True))
     assert all(p["mailbox_id"] == mb.pk for _, p in events)
+
+
+def test_a_runner_waits_in_idle_holding_no_database_connection(mail_user: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner per mailbox waits in IDLE most of its life: it holds no database connection meanwhile
+    (one each made 200 IDLE mailboxes exhaust PostgreSQL's connections), and new mail still comes in."""
+    import threading
+
+    from django.db import connections
+
+    from mailroom.ingest.imap.client import ImapSession
+
+    held: list[bool] = []
+    real = ImapSession.idle_wait
+
+    def spying(self: ImapSession, *args: Any, **kwargs: Any) -> Any:
+        held.append(connections["default"].connection is not None)  # the runner's own thread's
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImapSession, "idle_wait", spying)
+    user = mail_user()
+    user.dovecot.deliver_many(user.email, [make_mail(i) for i in range(3)])
+    mb = mailbox_for(user, sync_roles=["inbox"])
+    stop = threading.Event()
+    runner = worker.MailboxRunner(mb.pk, stop, idle_seconds=1.0)
+    runner.start()
+    try:
+        _wait_for(lambda: Source.objects.count() == 3 and len(held) >= 2)
+        user.dovecot.deliver_lmtp(user.email, [make_mail(3)])
+        _wait_for(lambda: Source.objects.count() == 4)
+        _wait_for(lambda: len(held) >= 4)
+    finally:
+        stop.set()
+        runner.join(15)
+    assert not runner.is_alive()
+    assert held and not any(held), held
+
+
+def _wait_for(predicate: Any, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.05)
+
+
+def test_an_engine_syncs_at_most_its_sync_concurrency_of_mailboxes_at_once(
+    mail_user: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """With MAILROOM_SYNC_CONCURRENCY=1 three mailboxes are synced one at a time (a runner holds a
+    slot while it syncs, none in IDLE), and all three get their new mail."""
+    import threading
+
+    from mailroom.ingest.engine import SyncEngine
+
+    settings.MAILROOM_SYNC_CONCURRENCY = 1
+    inside, most = [0], [0]
+    lock = threading.Lock()
+    real = worker.sync_folder
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(worker, "sync_folder", counting)
+    users = [mail_user() for _ in range(3)]
+    for i, user in enumerate(users):
+        user.dovecot.deliver_many(user.email, [make_mail(10 * i + j) for j in range(20)])
+        mailbox_for(user, sync_roles=["inbox"])
+    engine = SyncEngine(reconcile_seconds=0.5, idle_seconds=1.0)
+    engine.start()
+    try:
+        _wait_for(lambda: Source.objects.count() == 60)
+        for i, user in enumerate(users):
+            user.dovecot.deliver_lmtp(user.email, [make_mail(100 + i)])
+        _wait_for(lambda: Source.objects.count() == 63)
+    finally:
+        engine.stop()
+    assert most[0] == 1
+    assert sorted(Mailbox.objects.values_list("health", flat=True)) == ["ok", "ok", "ok"]

@@ -263,6 +263,10 @@ MAILROOM_OUTBOX_CONNECTIONS = int(os.environ.get("MAILROOM_OUTBOX_CONNECTIONS", 
 # and every import commit renews it). Past it the mailbox is taken over by another engine and an
 # engine that has not heartbeated for as long counts as dead (ingest/leases.py).
 MAILROOM_LEASE_SECONDS = _env_int("MAILROOM_LEASE_SECONDS", 60, minimum=2)
+# How many of an engine's mailbox runners may sync at once (each holding a database connection
+# meanwhile); the others wait in IDLE holding none. Bounds an engine's connections however many
+# mailboxes it holds (PostgreSQL's max_connections is 100 by default).
+MAILROOM_SYNC_CONCURRENCY = _env_int("MAILROOM_SYNC_CONCURRENCY", 8, minimum=1)
 # Task execution: "inline" (embedded, in-process worker threads) or "celery".
 MAILROOM_TASKS = os.environ.get("MAILROOM_TASKS", "inline")
 # Worker processes for full parsing, beside the process that stores (0: parse in-process). The default

@@ -138,6 +138,9 @@ class SyncEngine:
         self._last_sweep = 0.0
         self._wakeup = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sync-engine", daemon=True)
+        # Shared by the runners: at most this many sync (and hold a database connection) at once;
+        # an IDLE runner holds neither (MailboxRunner._slot).
+        self.sync_slots = threading.BoundedSemaphore(settings.MAILROOM_SYNC_CONCURRENCY)
 
     def start(self) -> None:
         global _current
@@ -272,7 +275,9 @@ class SyncEngine:
                 return
             if mid in self.runners or not lease_claim(mailbox_id=mid, owner=self.owner):
                 continue
-            runner = MailboxRunner(mid, self.stop_event, idle_seconds=self.idle_seconds, owner=self.owner)
+            runner = MailboxRunner(
+                mid, self.stop_event, idle_seconds=self.idle_seconds, owner=self.owner, slots=self.sync_slots
+            )
             self.runners[mid] = runner
             runner.start()
             room -= 1

@@ -416,6 +416,14 @@ def mailbox_sync_once(
             session.close()
 
 
+def release_database() -> None:
+    """Close this thread's database connections before a wait (IDLE, a poll interval, a backoff): a
+    runner is a thread per mailbox that waits most of its life, and one connection held by each made
+    N mailboxes need N PostgreSQL connections at rest (200 IDLE mailboxes on two workers ran the
+    server out of its default 100: bench/scaleout_bench.py). The next sync step connects again."""
+    connections.close_all()
+
+
 class MailboxRunner(threading.Thread):
     """Keeps one mailbox in sync: sync, then IDLE on INBOX (poll other folders between IDLEs).
 
@@ -425,7 +433,8 @@ class MailboxRunner(threading.Thread):
     another engine)."""
 
     def __init__(
-        self, mailbox_id: int, stop: threading.Event, *, idle_seconds: float = 25.0, owner: str | None = None
+        self, mailbox_id: int, stop: threading.Event, *, idle_seconds: float = 25.0, owner: str | None = None,
+        slots: threading.Semaphore | None = None,
     ) -> None:
         super().__init__(name=f"mailbox-{mailbox_id}", daemon=True)
         self.mailbox_id = mailbox_id
@@ -435,10 +444,40 @@ class MailboxRunner(threading.Thread):
         self.idle_seconds = idle_seconds
         self.owner = owner
         self.lease_lost = False
+        # The engine's sync slots, shared by its runners: one is held while syncing (and so using
+        # the database), none while waiting; None: unbounded (a runner alone, in tests).
+        self.slots = slots
 
     @property
     def stopping(self) -> bool:
         return self.stop_event.is_set() or self.halt_event.is_set()
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """A sync slot for the block: at most MAILROOM_SYNC_CONCURRENCY runners of an engine sync
+        (and hold a database connection) at once, however many mailboxes it holds. Every runner
+        starts with a sync: 100 of them at once ran PostgreSQL out of connections."""
+        if self.slots is not None:
+            self.slots.acquire()
+        try:
+            yield
+        finally:
+            release_database()
+            if self.slots is not None:
+                self.slots.release()
+
+    @contextmanager
+    def _resting(self) -> Iterator[None]:
+        """Inside :meth:`_slot`, around a wait (IDLE, a poll interval, a backoff): the slot and the
+        database connection are given back meanwhile, the slot taken again after."""
+        release_database()
+        if self.slots is not None:
+            self.slots.release()
+        try:
+            yield
+        finally:
+            if self.slots is not None:
+                self.slots.acquire()
 
     def halt(self) -> None:
         """Ask this runner to stop (at its next step: within an IDLE slice or a backfill step)."""
@@ -458,36 +497,44 @@ class MailboxRunner(threading.Thread):
 
     def _run(self) -> None:
         while not self.stopping:
-            close_old_connections()
-            try:
-                mailbox = Mailbox.objects.get(pk=self.mailbox_id)
-            except Mailbox.DoesNotExist:
-                return
-            if not mailbox.sync_enabled:
-                return
-            wait = 0.0
-            if mailbox.next_attempt_at and mailbox.next_attempt_at > timezone.now():
-                wait = (mailbox.next_attempt_at - timezone.now()).total_seconds()
-            if wait > 0:
-                self.kick_event.wait(wait)
-                self.kick_event.clear()
-                if self.stopping:
+            with self._slot():
+                if not self._step():
                     return
-            try:
-                self._session_loop(mailbox)
-            except LeaseLost:
-                raise
-            except Exception as exc:
-                # Paused inside a commit past the lease, the server ended our session: the lease is
-                # then another engine's, and so is the mailbox's health.
-                close_old_connections()
-                if self.owner is not None and not lease_held(mailbox_id=self.mailbox_id, owner=self.owner):
-                    raise LeaseLost(self.mailbox_id, self.owner) from exc
-                if not isinstance(exc, ImapError) and not is_network_error(exc):
-                    log.exception("ingest.unexpected_error", extra={"mailbox": self.mailbox_id})
-                health_failed(mailbox, exc)
-            finally:
-                close_old_connections()
+
+    def _step(self) -> bool:
+        """One session (after the backoff, if any); False: this runner is done."""
+        close_old_connections()
+        try:
+            mailbox = Mailbox.objects.get(pk=self.mailbox_id)
+        except Mailbox.DoesNotExist:
+            return False
+        if not mailbox.sync_enabled:
+            return False
+        wait = 0.0
+        if mailbox.next_attempt_at and mailbox.next_attempt_at > timezone.now():
+            wait = (mailbox.next_attempt_at - timezone.now()).total_seconds()
+        if wait > 0:
+            with self._resting():
+                self.kick_event.wait(wait)
+            self.kick_event.clear()
+            if self.stopping:
+                return False
+        try:
+            self._session_loop(mailbox)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            # Paused inside a commit past the lease, the server ended our session: the lease is
+            # then another engine's, and so is the mailbox's health.
+            close_old_connections()
+            if self.owner is not None and not lease_held(mailbox_id=self.mailbox_id, owner=self.owner):
+                raise LeaseLost(self.mailbox_id, self.owner) from exc
+            if not isinstance(exc, ImapError) and not is_network_error(exc):
+                log.exception("ingest.unexpected_error", extra={"mailbox": self.mailbox_id})
+            health_failed(mailbox, exc)
+        finally:
+            close_old_connections()
+        return True
 
     def _session_loop(self, mailbox: Mailbox) -> None:
         session = open_session(mailbox)
@@ -509,7 +556,8 @@ class MailboxRunner(threading.Thread):
                 health_ok(mailbox)
                 self.kick_event.clear()
                 if inbox is None:
-                    self.kick_event.wait(self.idle_seconds)
+                    with self._resting():
+                        self.kick_event.wait(self.idle_seconds)
                     continue
                 # IDLE on INBOX; other folders are polled when IDLE ends (change or timeout).
                 # INBOX was synced last and is still selected: anything that arrived after that
@@ -517,7 +565,8 @@ class MailboxRunner(threading.Thread):
                 if session.selected != inbox.name:
                     session.examine(inbox.name)
                     sync_folder(session, mailbox, inbox, owner=self.owner)
-                changed = session.idle_wait(timeout=min(self.idle_seconds, IDLE_SLICE_SECONDS))
+                with self._resting():
+                    changed = session.idle_wait(timeout=min(self.idle_seconds, IDLE_SLICE_SECONDS))
                 if changed:
                     sync_folder(session, mailbox, inbox, owner=self.owner)
         finally:
