@@ -291,3 +291,38 @@ def test_two_workers_share_the_mailboxes_and_one_takes_over_when_the_other_fails
     # A clean stop: its leases released, its registration gone.
     assert Mailbox.objects.exclude(lease_owner="").count() == 0
     assert EngineNode.objects.count() == 0
+
+
+def test_idle_slices_do_not_resync_the_folders(mail_user: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IDLE is renewed every slice, but the folders are synced again only every idle_seconds (or
+    when the server announces mail): 200 mailboxes re-syncing after every 5-second slice were 40
+    syncs a second with no mail, and new mail waited behind them."""
+    from mailroom.ingest.imap import worker
+    from mailroom.ingest.imap.client import ImapSession
+
+    calls = {"examine": 0, "idle": 0}
+    real_examine, real_idle = ImapSession.examine, ImapSession.idle_wait
+
+    def examine(self: ImapSession, name: str) -> Any:
+        calls["examine"] += 1
+        return real_examine(self, name)
+
+    def idle_wait(self: ImapSession, timeout: float) -> Any:
+        calls["idle"] += 1
+        return real_idle(self, timeout)
+
+    monkeypatch.setattr(ImapSession, "examine", examine)
+    monkeypatch.setattr(ImapSession, "idle_wait", idle_wait)
+    monkeypatch.setattr(worker, "IDLE_SLICE_SECONDS", 0.5)
+    user = mail_user()
+    mailbox_for(user, sync_roles=["inbox"])
+    engine = SyncEngine(reconcile_seconds=0.5, idle_seconds=30.0)
+    engine.start()
+    try:
+        time.sleep(4.0)
+        assert calls["idle"] >= 4  # renewed slice after slice
+        assert calls["examine"] == 1  # the first pass only
+        user.dovecot.deliver_lmtp(user.email, [make_mail(0)])
+        _wait(lambda: Message.objects.count() == 1, 10)  # announced mail is still taken at once
+    finally:
+        engine.stop()
