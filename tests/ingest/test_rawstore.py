@@ -160,6 +160,8 @@ def test_nul_and_raw_bytes_in_addresses_and_routing_headers_are_stored_parsed_an
 def test_raw_bytes_come_back_byte_identical(team: Any, settings: Any, tmp_path: Any, raw_store: str) -> None:
     # NUL, every byte value, bytes that are no UTF-8, CR without LF, and a message larger than the
     # driver's COPY buffer: stored as they came, by whichever path (COPY on PostgreSQL).
+    from django.db import connection
+
     settings.MAILROOM_RAW_STORE = raw_store
     settings.MAILROOM_BLOB_DIR = tmp_path / "blobs"
     head = b"Message-ID: <bytes-%d@x.test>\r\nFrom: a@x.test\r\nSubject: \xff\xfe\x00\r\n\r\n"
@@ -171,6 +173,12 @@ def test_raw_bytes_come_back_byte_identical(team: Any, settings: Any, tmp_path: 
     res = store_batch(team_id=team.pk, items=[IncomingRaw(raw=r, key=f"k{i}") for i, r in enumerate(raws)], kind="lmtp")
     assert res.new_messages == 3
     assert [MessageRaw.objects.get(message_id=pk).read() for pk in res.message_pks] == raws
+    if raw_store == "database":  # what the parse reads (on PostgreSQL in binary, a chunk at a time)
+        from mailroom.conversations.models import _pg_raw_refs_for
+
+        assert raw_refs_for(res.message_pks) == dict(zip(res.message_pks, raws, strict=True))
+        if connection.vendor == "postgresql":
+            assert _pg_raw_refs_for([*res.message_pks, 10**12], chunk=2) == dict(zip(res.message_pks, raws, strict=True))
 
 
 def test_a_raw_row_already_there_is_kept_and_the_rest_of_the_batch_stored(team: Any, settings: Any) -> None:
