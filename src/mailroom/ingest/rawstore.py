@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from mailroom.conversations.models import Message, MessageRaw, Source
 from mailroom.core.blobs import blob_store
-from mailroom.core.db import insert_dicts, insert_tuples
+from mailroom.core.db import copy_tuples, insert_dicts, insert_tuples
 from mailroom.mailboxes.models import Folder, Mailbox
 from mailroom.parsing.headers import HeaderSummary, summarize_headers
 
@@ -130,18 +130,9 @@ def _pg_copy_raws(rows: list[tuple[int, bytes]]) -> bool:
     between our look-up and our insert: the same mail in two mailboxes of a team) fails the whole
     COPY. Then the savepoint is rolled back and False returned: the caller's INSERT ... ON CONFLICT
     DO NOTHING stores the rows (rare, so its cost does not matter)."""
-    table = connection.ops.quote_name(MessageRaw._meta.db_table)
-    sql = f"COPY {table} (message_id, data, blob) FROM STDIN (FORMAT BINARY)"
     try:
-        with (
-            transaction.atomic(),  # a savepoint: the caller's transaction goes on after a conflict
-            connection.cursor() as cur,
-            connection.wrap_database_errors,  # psycopg's UniqueViolation as Django's IntegrityError
-            cur.cursor.copy(sql) as copy,
-        ):
-            copy.set_types(["int8", "bytea", "varchar"])
-            for pk, data in rows:
-                copy.write_row((pk, data, ""))
+        with transaction.atomic():  # a savepoint: the caller's transaction goes on after a conflict
+            copy_tuples(MessageRaw, ["message_id", "data", "blob"], [(pk, data, "") for pk, data in rows])
     except IntegrityError:
         return False
     return True
