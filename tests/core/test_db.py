@@ -127,3 +127,61 @@ def test_insert_dicts_stores_any_text_json_and_datetime_as_the_orm_reads_it(
         assert (got.subject, got.references, got.routing_headers, got.date, got.is_bulk) == (
             subject, refs, routing, date, is_bulk)
         transaction.set_rollback(True)
+
+
+def test_insert_dicts_of_plain_columns_round_trip_with_defaults(team: Any) -> None:
+    # Numbers, text, booleans and keys only: on PostgreSQL these rows go by binary COPY.
+    from mailroom.conversations.models import Attachment, MessageBody, Participant
+
+    m = MessageFactory(team=team)
+    with transaction.atomic():
+        insert_dicts(Attachment, [
+            {"message_id": m.pk, "filename": "Договор «1».pdf", "content_type": "application/pdf", "size": 2**31 - 1,
+             "content_id": "", "inline": True, "part_path": "2"},
+            {"message_id": m.pk, "content_type": "image/png", "part_path": "3"},
+        ])
+        insert_dicts(Participant, [{"message_id": m.pk, "role": "from", "address": "a@x.test", "name": "Анна \\ 'q'"}])
+        insert_dicts(MessageBody, [{"message_id": m.pk, "text": "Текст 𝄞\r\n", "html": "<p>\t</p>", "reply_text": ""}])
+    assert list(Attachment.objects.filter(message=m).order_by("id").values_list(
+        "filename", "content_type", "size", "content_id", "inline", "part_path")) == [
+        ("Договор «1».pdf", "application/pdf", 2**31 - 1, "", True, "2"), ("", "image/png", 0, "", False, "3")]
+    assert list(Participant.objects.filter(message=m).values_list("role", "address", "name", "contact_id")) == [
+        ("from", "a@x.test", "Анна \\ 'q'", None)]
+    assert list(MessageBody.objects.filter(message=m).values_list("text", "html", "reply_text")) == [
+        ("Текст 𝄞\r\n", "<p>\t</p>", "")]
+
+
+def test_insert_dicts_of_a_duplicate_key_is_an_integrity_error(team: Any) -> None:
+    from django.db import IntegrityError
+
+    from mailroom.conversations.models import MessageBody
+
+    m = MessageFactory(team=team)
+    insert_dicts(MessageBody, [{"message_id": m.pk, "text": "a", "html": "", "reply_text": ""}])
+    with pytest.raises(IntegrityError), transaction.atomic():
+        insert_dicts(MessageBody, [{"message_id": m.pk, "text": "b", "html": "", "reply_text": ""}])
+    assert list(MessageBody.objects.values_list("text", flat=True)) == ["a"]
+
+
+def test_copy_tuples_refuses_a_field_it_has_no_binary_type_for(team: Any) -> None:
+    from django.db import connection
+
+    from mailroom.core.db import copy_tuples
+
+    if connection.vendor != "postgresql":
+        pytest.skip("COPY is PostgreSQL's")
+    with pytest.raises(ValueError, match=r"conversations.Message: no COPY type for \['date'\]"):
+        copy_tuples(Message, ["team_id", "date"], [(team.pk, WHEN)])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # rolled back each time
+@given(text=_TEXT, html=_TEXT)
+def test_insert_dicts_stores_any_text_of_plain_columns_as_the_orm_reads_it(team: Any, text: str, html: str) -> None:
+    from mailroom.conversations.models import MessageBody
+
+    with transaction.atomic():
+        m = MessageFactory(team=team)
+        insert_dicts(MessageBody, [{"message_id": m.pk, "text": text, "html": html, "reply_text": text + html}])
+        assert MessageBody.objects.filter(message=m).values_list("text", "html", "reply_text").get() == (
+            text, html, text + html)
+        transaction.set_rollback(True)

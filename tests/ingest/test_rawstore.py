@@ -154,3 +154,110 @@ def test_nul_and_raw_bytes_in_addresses_and_routing_headers_are_stored_parsed_an
     assert (m.state, m.message_id, m.from_address) == ("linked", "h2@x.test", "")  # no address holds a NUL
     assert list(m.participants.values_list("address", flat=True)) == ["e@y.test"]
     assert (m.routing_headers["gm_thread_id"], m.routing_headers["thread_topic"]) == ("1", "Счёт \\xff")
+
+
+@pytest.mark.parametrize("raw_store", ["files", "database"])
+def test_raw_bytes_come_back_byte_identical(team: Any, settings: Any, tmp_path: Any, raw_store: str) -> None:
+    # NUL, every byte value, bytes that are no UTF-8, CR without LF, and a message larger than the
+    # driver's COPY buffer: stored as they came, by whichever path (COPY on PostgreSQL).
+    from django.db import connection
+
+    settings.MAILROOM_RAW_STORE = raw_store
+    settings.MAILROOM_BLOB_DIR = tmp_path / "blobs"
+    head = b"Message-ID: <bytes-%d@x.test>\r\nFrom: a@x.test\r\nSubject: \xff\xfe\x00\r\n\r\n"
+    raws = [
+        head % 1 + bytes(range(256)) * 4 + b"\x00\r\r\n\x00",
+        head % 2 + b"\xd0\xa1\xd1\x87\xd1\x91\xd1\x82 \xc0\x80 \xed\xa0\x80 \x00" * 30000,  # 1.4 MB
+        head % 3,
+    ]
+    res = store_batch(team_id=team.pk, items=[IncomingRaw(raw=r, key=f"k{i}") for i, r in enumerate(raws)], kind="lmtp")
+    assert res.new_messages == 3
+    assert [MessageRaw.objects.get(message_id=pk).read() for pk in res.message_pks] == raws
+    if raw_store == "database":  # what the parse reads (on PostgreSQL in binary, a chunk at a time)
+        from mailroom.conversations.models import _pg_raw_refs_for
+
+        assert raw_refs_for(res.message_pks) == dict(zip(res.message_pks, raws, strict=True))
+        if connection.vendor == "postgresql":
+            assert _pg_raw_refs_for([*res.message_pks, 10**12], chunk=2) == dict(zip(res.message_pks, raws, strict=True))
+
+
+def test_a_raw_row_already_there_is_kept_and_the_rest_of_the_batch_stored(team: Any, settings: Any) -> None:
+    # What a concurrent worker leaves: the message's raw row is there when this batch inserts its
+    # own (on PostgreSQL the COPY fails on it, and the rows go by INSERT ... ON CONFLICT DO NOTHING).
+    from django.db import transaction
+
+    settings.MAILROOM_RAW_STORE = "database"
+    from mailroom.ingest.rawstore import _insert_raws
+
+    first, second = make_mail(1), make_mail(2)
+    res = store_batch(team_id=team.pk, items=[IncomingRaw(raw=first, key="a"), IncomingRaw(raw=second, key="b")],
+                      kind="lmtp")
+    MessageRaw.objects.filter(message_id=res.message_pks[1]).delete()
+    with transaction.atomic():
+        _insert_raws([(res.message_pks[0], b"another copy\x00"), (res.message_pks[1], second)])
+        Source.objects.filter(key="a").update(key="a2")  # the transaction goes on after the conflict
+    assert sorted(MessageRaw.objects.values_list("message_id", flat=True)) == sorted(res.message_pks)
+    assert [MessageRaw.objects.get(message_id=pk).read() for pk in res.message_pks] == [first, second]
+    assert Source.objects.filter(key="a2").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_mailboxes_storing_the_same_message_at_once_keep_one_raw_row(team: Any, settings: Any) -> None:
+    # The same mail in two mailboxes of a team, imported at the same moment: B looks for it before A
+    # commits (not there), then inserts the message after A's commit (A's row is found, and A's raw
+    # row makes B's COPY fail). B stores its source without an error; one message, one raw row.
+    import threading
+
+    from django.db import connection, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite takes one writer at a time: B cannot look before A commits")
+    settings.MAILROOM_RAW_STORE = "database"
+    raw = make_mail(1, body="Один и тот же счёт \x00\n")
+    a, b = MailboxFactory(team=team), MailboxFactory(team=team)
+    folders = {mb.pk: FolderFactory(mailbox=mb) for mb in (a, b)}
+    a_stored, b_waits = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def store(mb: Any) -> Any:
+        return store_batch(team_id=team.pk, items=[IncomingRaw(raw=raw, uid=7)], kind="imap", mailbox=mb,
+                           folder=folders[mb.pk], uidvalidity=1)
+
+    def worker_a() -> None:  # A's own connection (Django's are per thread), closed when done
+        try:
+            with transaction.atomic():
+                results["a"] = store(a)
+                a_stored.set()
+                b_waits.wait(60)
+        finally:
+            a_stored.set()
+            connection.close()
+
+    def worker_b() -> None:
+        try:
+            a_stored.wait(60)
+            results["b"] = store(b)
+        except Exception as exc:  # reported by the assertions below
+            results["b"] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker_a), threading.Thread(target=worker_b)]
+    for t in threads:
+        t.start()
+    a_stored.wait(60)
+    with connection.cursor() as cur:  # B waits for A's uncommitted message row before A commits
+        for _ in range(600):
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'")
+            if cur.fetchone()[0]:
+                break
+            threading.Event().wait(0.1)
+    b_waits.set()
+    for t in threads:
+        t.join(60)
+    assert results["b"].message_pks == results["a"].message_pks
+    assert Message.objects.count() == 1
+    assert list(MessageRaw.objects.values_list("message_id", flat=True)) == results["a"].message_pks
+    assert MessageRaw.objects.get().read() == raw
+    assert sorted(Source.objects.values_list("mailbox_id", flat=True)) == sorted([a.pk, b.pk])

@@ -165,12 +165,40 @@ def raw_refs_for(message_ids: list[int]) -> dict[int, bytes | str]:
     "database") or the reference into a segment file (raw store "files"), which the parse workers
     read themselves rather than have the bytes sent over to them. Messages without a raw row are
     absent."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        return _pg_raw_refs_for(message_ids)
     out: dict[int, bytes | str] = {}
     for i in range(0, len(message_ids), 900):  # SQLite's bound-parameter limit
         for pk, data, blob in MessageRaw.objects.filter(message_id__in=message_ids[i : i + 900]).values_list(
             "message_id", "data", "blob"
         ):
             out[pk] = blob or bytes(data or b"")
+    return out
+
+
+def _pg_raw_refs_for(message_ids: list[int], chunk: int = 100) -> dict[int, bytes | str]:
+    """``raw_refs_for`` on PostgreSQL: binary results, a chunk of ``chunk`` messages a query.
+
+    Django's cursor binds client-side, which allows text results only: bytea comes as hex, twice
+    its size, which the server encodes and the driver decodes. A plain psycopg cursor on the same
+    connection (and transaction) takes them in binary. Measured reading 2,000 bench messages (130 MB)
+    400 at a time: 0.06-0.09 s of client CPU and 0.09-0.15 s of the server's, against 0.31-0.32 and
+    0.26-0.32 s in text. The chunks bound the driver's result buffer (the whole batch's bytes, hex,
+    were in one) to a few MB."""
+    import psycopg
+    from django.db import connection
+
+    table = connection.ops.quote_name(MessageRaw._meta.db_table)
+    sql = f"SELECT message_id, data, blob FROM {table} WHERE message_id = ANY(%s)"  # noqa: S608 - model metadata
+    out: dict[int, bytes | str] = {}
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cur:
+        for i in range(0, len(message_ids), chunk):
+            cur.execute(sql, [message_ids[i : i + chunk]], binary=True)
+            for pk, data, blob in cur.fetchall():
+                out[pk] = blob or bytes(data or b"")
     return out
 
 

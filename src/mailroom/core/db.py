@@ -4,8 +4,9 @@
 (``bulk_update`` even builds a CASE per field and row); on the import path that costs more than the
 work itself. These helpers send ONE fixed statement with ``executemany``: the driver prepares it
 once (a fixed SQL text also keeps the statement cache from holding a batch's blobs alive). On
-PostgreSQL, rows with no bytes in them go as one JSON document a chunk instead (``jsonb_to_recordset``:
-one statement, no per-value quoting in Python)."""
+PostgreSQL, rows of plain columns (numbers, text, bytes, booleans) go by binary COPY instead
+(``copy_tuples``: the values as they are, nothing cached), and other rows with no bytes in them as one
+JSON document a chunk (``jsonb_to_recordset``: one statement, no per-value quoting in Python)."""
 
 from __future__ import annotations
 
@@ -123,10 +124,16 @@ def insert_dicts(
     unknown = set(rows[0]).difference(f.attname for f in fields)
     if unknown:
         raise ValueError(f"{meta.label}: no such columns: {', '.join(sorted(unknown))}")
-    if conn.vendor == "postgresql" and all(_json_safe(f) for f in fields):
-        # One JSON document a chunk (as insert_tuples): the rows' plain values, not the adapters'.
+    copyable = conn.vendor == "postgresql" and not ignore_conflicts and all(_copy_type(f) for f in fields)
+    if copyable or (conn.vendor == "postgresql" and all(_json_safe(f) for f in fields)):
+        # COPY where it can (COPY has no ON CONFLICT), else one JSON document a chunk (as
+        # insert_tuples): the rows' plain values either way, not the adapters'.
         named = list(zip((f.attname for f in fields), defaults, strict=True))
-        _pg_insert_documents(meta, fields, [tuple(d.get(a, dv) for a, dv in named) for d in rows], ignore_conflicts)
+        values = [tuple(d.get(a, dv) for a, dv in named) for d in rows]
+        if copyable:
+            copy_tuples(model, [f.attname for f in fields], values)
+        else:
+            _pg_insert_documents(meta, fields, values, ignore_conflicts)
         return
     plan: list[tuple[str, Any, Any]] = []  # (attname, converter, db value when missing)
     for f, default in zip(fields, defaults, strict=True):
@@ -153,6 +160,46 @@ def _json_safe(f: Any) -> bool:
         return f.encoder is None
     kind = f.get_internal_type()
     return kind in ("DateTimeField", "DateField") or (kind in _DIRECT_TYPES and kind != "BinaryField")
+
+
+# What COPY (FORMAT BINARY) sends a field's values as: the column's own type, as psycopg names it
+# (binary COPY takes no conversion: an int4 column refuses an int8). Other fields: no COPY.
+_COPY_TYPES = {
+    "AutoField": "int4", "BigAutoField": "int8", "BigIntegerField": "int8", "BinaryField": "bytea",
+    "BooleanField": "bool", "CharField": "text", "IntegerField": "int4", "PositiveBigIntegerField": "int8",
+    "PositiveIntegerField": "int4", "PositiveSmallIntegerField": "int2", "SmallIntegerField": "int2",
+    "TextField": "text",  # varchar takes text's binary form (UTF-8 bytes)
+}
+
+
+def _copy_type(f: Any) -> str | None:
+    """The binary COPY type of ``f``'s column (a key: its target's), or None."""
+    while f.is_relation:
+        f = f.target_field
+    return _COPY_TYPES.get(f.get_internal_type())
+
+
+def copy_tuples(model: Any, fields: list[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    """PostgreSQL: insert rows (tuples of ``fields``' values, attnames) by ``COPY ... FROM STDIN
+    (FORMAT BINARY)``. The values go as they are: no SQL text (Django's cursor binds client-side,
+    quoting and escaping every value in Python for the server to parse back), no JSON document to
+    encode and decode, no statement cached. Measured on 2,000 bench messages' bodies (5.8 MB, 400
+    rows a transaction), client / server CPU: 0.03 / 0.04-0.05 s, against 0.15-0.19 / 0.28-0.30 s
+    as JSON documents. COPY has no ON CONFLICT: a duplicate key fails the whole COPY (IntegrityError,
+    as an INSERT would). Fields must have a ``_COPY_TYPES`` type."""
+    if not rows:
+        return
+    meta = model._meta
+    cols = [meta.get_field(f) for f in fields]
+    types = [_copy_type(f) for f in cols]
+    if None in types:
+        raise ValueError(f"{meta.label}: no COPY type for {[f.name for f, t in zip(cols, types, strict=True) if not t]}")
+    qn = connection.ops.quote_name
+    sql = f"COPY {qn(meta.db_table)} ({', '.join(qn(f.column) for f in cols)}) FROM STDIN (FORMAT BINARY)"
+    with connection.cursor() as cur, connection.wrap_database_errors, cur.cursor.copy(sql) as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
 
 
 def update_rows(model: Any, objs: Sequence[Any], fields: Sequence[str]) -> None:

@@ -20,12 +20,12 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from mailroom.conversations.models import Message, MessageRaw, Source
 from mailroom.core.blobs import blob_store
-from mailroom.core.db import insert_dicts, insert_tuples
+from mailroom.core.db import copy_tuples, insert_dicts, insert_tuples
 from mailroom.mailboxes.models import Folder, Mailbox
 from mailroom.parsing.headers import HeaderSummary, summarize_headers
 
@@ -89,8 +89,11 @@ def _insert_raws(rows: list[tuple[int, bytes]], refs: Sequence[str | None] = ())
     Either way ONE fixed statement, row by row (executemany), not bulk_create: a multi-row INSERT
     has a different SQL text for every batch size, and the database driver caches each prepared
     statement together with its bound parameters, so every cached statement would keep a batch's
-    worth of message bytes alive (hundreds of MB)."""
+    worth of message bytes alive (hundreds of MB). Bytes into PostgreSQL go by COPY instead
+    (``_pg_copy_raws``: no statement, nothing cached)."""
     if not rows:
+        return
+    if settings.MAILROOM_RAW_STORE != "files" and connection.vendor == "postgresql" and _pg_copy_raws(rows):
         return
     table = connection.ops.quote_name(MessageRaw._meta.db_table)
     if settings.MAILROOM_RAW_STORE == "files":
@@ -113,6 +116,26 @@ def _insert_raws(rows: list[tuple[int, bytes]], refs: Sequence[str | None] = ())
         sql = sql.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
     with connection.cursor() as cur:
         cur.executemany(sql, params)
+
+
+def _pg_copy_raws(rows: list[tuple[int, bytes]]) -> bool:
+    """PostgreSQL, bytes in the database: the rows by binary COPY, in a savepoint of the caller's
+    transaction. An INSERT sends the bytes as a literal the driver escapes in Python (client-side
+    binding) and the server parses back; COPY sends them as they are. Measured on 2,000 messages
+    (130 MB) in batches of 100: 0.06 s of client CPU and 0.5-0.9 s of the server's, against 0.4-0.5
+    and 2.2-2.6 s for the executemany (a COPY into a temporary table, then INSERT ... SELECT ... ON
+    CONFLICT DO NOTHING: 2.9-3.0 s of the server's, the bytes written twice).
+
+    COPY has no ON CONFLICT: a raw row already there (the same message stored by another worker
+    between our look-up and our insert: the same mail in two mailboxes of a team) fails the whole
+    COPY. Then the savepoint is rolled back and False returned: the caller's INSERT ... ON CONFLICT
+    DO NOTHING stores the rows (rare, so its cost does not matter)."""
+    try:
+        with transaction.atomic():  # a savepoint: the caller's transaction goes on after a conflict
+            copy_tuples(MessageRaw, ["message_id", "data", "blob"], [(pk, data, "") for pk, data in rows])
+    except IntegrityError:
+        return False
+    return True
 
 
 def _record_new_mail_events(team_id: int, mailbox: Mailbox | None, created: list[tuple[int, dict[str, Any]]]) -> None:
