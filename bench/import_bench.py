@@ -357,6 +357,8 @@ def run_serve(args: argparse.Namespace, imap_port: int, workdir: Path, expected:
     from mailroom.testing.servers import free_port
 
     workdir.mkdir(parents=True)
+    _CPU.clear()  # this run's processes only
+    _NAMES.clear()
     env = run_env(workdir, args.database_url)
     port = free_port()
     os.sync()
