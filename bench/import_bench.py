@@ -245,33 +245,20 @@ def _process_name(cmdline: bytes, child_of_root: bool) -> str:
 def tree_pss_kb(root: int) -> dict[str, int]:
     """PSS of ``root`` and each of its descendants, in kB, by "pid name" (a process gone meanwhile
     is left out)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    tree, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        for child, parent in parents.items():
-            if parent == pid and child not in tree:
-                tree.add(child)
-                frontier.append(child)
+    from mailroom.testing.servers import live_processes, process_tree
+
+    processes = live_processes()
+    parents = {pid: int(fields[1]) for pid, fields in processes.items()}
     out: dict[str, int] = {}
-    for pid in tree:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            # utime, stime, and those of its reaped children (a parse worker restarted): clock ticks
-            _CPU[pid] = max(_CPU.get(pid, 0), sum(int(x) for x in fields[11:15]))
-            if pid not in _NAMES:
+    for pid in process_tree(root, parents) & set(processes):
+        # utime, stime, and those of its reaped children (a parse worker restarted): clock ticks
+        _CPU[pid] = max(_CPU.get(pid, 0), sum(int(x) for x in processes[pid][11:15]))
+        if pid not in _NAMES:
+            try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     _NAMES[pid] = _process_name(f.read(), parents.get(pid) == root)
-        except (OSError, ValueError):
-            pass
+            except OSError:
+                continue
         try:
             name = _NAMES.get(pid, "?")
             with open(f"/proc/{pid}/smaps_rollup") as f:

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from import_bench import MX, PASSWORD, Api, fresh_database, generate  # noqa: E402
+from mailroom.testing.servers import process_tree  # noqa: E402
 
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/mailroom_scalebench"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/9"
@@ -109,14 +110,7 @@ class Meter:
                     continue
         trees: dict[str, set[int]] = {}
         for name, root in self.roots.items():
-            tree, frontier = {root}, [root]
-            while frontier:
-                pid = frontier.pop()
-                for child, parent in parents.items():
-                    if parent == pid and child not in tree:
-                        tree.add(child)
-                        frontier.append(child)
-            trees[name] = tree & set(ticks)
+            trees[name] = process_tree(root, parents) & set(ticks)
             for pid in trees[name]:
                 if pid not in self.kind:
                     self.kind[pid] = name if pid == root else f"{name} {self._child_kind(pid)}"

@@ -10,7 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from mailroom.testing.servers import live_processes, process_alive
+from mailroom.testing.servers import live_processes, process_alive, process_tree
 
 
 def session_processes(sid: int) -> dict[int, str]:
@@ -32,13 +32,7 @@ def wait_session_gone(sid: int, timeout: float) -> dict[int, str]:
 
 def descendants(pid: int) -> dict[int, str]:
     """Live processes below ``pid`` (children, theirs, ...), whatever their session."""
-    parent_of = {p: int(fields[1]) for p, fields in live_processes().items()}
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {p for p, pp in parent_of.items() if pp in frontier and p not in found}
-        found |= frontier
-    return {p: _cmdline(p) for p in found}
+    return {p: _cmdline(p) for p in process_tree(pid) - {pid}}
 
 
 def wait_gone(pids: dict[int, str], timeout: float) -> dict[int, str]:

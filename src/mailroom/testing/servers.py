@@ -210,6 +210,23 @@ def live_processes() -> dict[int, list[str]]:
     return found
 
 
+def process_tree(root: int, parent_of: Mapping[int, int] | None = None) -> set[int]:
+    """``root`` and every process below it (children, theirs, ...). ``parent_of``: pid -> parent
+    pid, by default from :func:`live_processes`."""
+    if parent_of is None:
+        parent_of = {pid: int(fields[1]) for pid, fields in live_processes().items()}
+    children: dict[int, list[int]] = {}
+    for pid, parent in parent_of.items():
+        children.setdefault(parent, []).append(pid)
+    tree, frontier = {root}, [root]
+    while frontier:
+        for child in children.get(frontier.pop(), ()):
+            if child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return tree
+
+
 def process_alive(pid: int) -> bool:
     """Process exists and is not a zombie."""
     try:
