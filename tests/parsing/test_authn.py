@@ -6,6 +6,8 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailroom.parsing.authn import aligned, organizational_domain
 from mailroom.parsing.mime import parse_message
@@ -148,3 +150,78 @@ def test_organizational_domain() -> None:
     assert organizational_domain("example.com") == "example.com"
     assert aligned("bounce.example.com", "example.com")
     assert not aligned("example.co.uk", "other.co.uk")
+
+
+def _library_parse(value: str) -> str:
+    import authres
+
+    try:
+        return str(authres.AuthenticationResultsHeader.parse("Authentication-Results: " + " ".join(value.split())))
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+
+
+def _our_parse(value: str) -> str:
+    from mailroom.parsing.authn import parse_authres_value
+
+    try:
+        return str(parse_authres_value(value))
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+
+
+def _corpus_authres_values() -> list[str]:
+    from pathlib import Path
+
+    from mailroom.parsing.rawheaders import parse_header_block
+
+    values = []
+    for path in sorted((Path(__file__).parent.parent / "corpora").rglob("*")):
+        if path.is_file() and path.suffix in (".eml", ".txt", "") and path.stat().st_size < 2_000_000:
+            block, _ = parse_header_block(path.read_bytes())
+            values.extend(block.get_all("authentication-results"))
+    return values
+
+
+def test_our_authres_parser_reads_every_corpus_header_as_the_library_does() -> None:
+    values = _corpus_authres_values()
+    assert len(values) >= 190  # the corpora's real headers: Google, Microsoft, Yandex, Mail.ru, rspamd ...
+    parsed = [_our_parse(v) for v in values]
+    assert parsed == [_library_parse(v) for v in values]
+    assert sum(not p.startswith("error") for p in parsed) >= 140
+
+
+_AR_TOKENS = [
+    "mx.example.org", '"mx.example.org"', "(comment)", "(nested (comment))", "1", ";", " ", "  ", "none",
+    "dkim", "spf", "dmarc", "arc", "auth", "=", "pass", "fail", "neutral", "reason", '"quoted \\" text"',
+    "header.d", "header.i", "smtp.mailfrom", "policy.dmarc", "@example.com", "a@b.example", ".", "/", "1",
+    "header.b=AbC+/x=", "(p=none dis=none)", "\t", "é", "x-custom", "policy.ptype",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_AR_TOKENS), max_size=24))
+def test_our_authres_parser_agrees_with_the_library_on_generated_headers(tokens: list[str]) -> None:
+    value = "".join(tokens)
+    assert _our_parse(value) == _library_parse(value)
+
+
+def test_a_header_of_another_server_is_skipped_but_a_commented_id_is_read() -> None:
+    from mailroom.parsing.authn import parse_trusted_authres
+    from mailroom.parsing.rawheaders import parse_header_block
+
+    def verdict(ar: str) -> tuple[str, str]:
+        block, _ = parse_header_block(message(ar + "From: a@example.com\nSubject: s", "x"))
+        r = parse_trusted_authres(block, ("mx.crm.example.org",), "example.com")
+        return ("-", "-") if r is None else (r.dkim, r.authserv_id)
+
+    assert verdict("Authentication-Results: evil.example; dkim=pass header.d=example.com\n") == ("-", "-")
+    assert verdict("Authentication-Results: mx.crm.example.org; dkim=pass header.d=example.com\n") == (
+        "pass", "mx.crm.example.org")
+    assert verdict("Authentication-Results: (ours) mx.crm.example.org 1; dkim=fail header.d=example.com\n") == (
+        "fail", "mx.crm.example.org")
+    # Another server's header first, ours second: ours is the verdict.
+    assert verdict(
+        "Authentication-Results: MX.CRM.EXAMPLE.ORG.evil; dkim=pass header.d=example.com\n"
+        "Authentication-Results: Mx.Crm.Example.Org; dkim=fail header.d=example.com\n"
+    ) == ("fail", "mx.crm.example.org")
