@@ -78,7 +78,11 @@ def test_mailbox_add_list_test_sync_remove(mail_user: Any, capsys: Any) -> None:
     assert main(["mailbox", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed[0]["health"] == "ok"
-    assert {"name": "INBOX", "role": "inbox", "stored": 4, "server": 4, "backfill_done": True} in listed[0]["folders"]
+    assert {"name": "INBOX", "role": "inbox", "stored": 4, "linked": 4, "quarantined": 0, "server": 4,
+            "backfill_done": True} in listed[0]["folders"]
+    Message.objects.filter(pk=Message.objects.order_by("id")[0].pk).update(state="parsed")  # one still to link
+    assert main(["mailbox", "list"]) == 0
+    assert "      inbox    INBOX                    stored 4 / linked 3 / on server 4\n" in capsys.readouterr().out
 
     assert main(["mailbox", "remove", user.email]) == 0
     assert Mailbox.objects.count() == 0

@@ -108,12 +108,18 @@ def _add(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     setup_django()
+    from mailroom.conversations.selectors import NO_PROGRESS, folder_progress
     from mailroom.mailboxes.models import Mailbox
 
     rows: list[dict[str, Any]] = []
-    for mb in Mailbox.objects.prefetch_related("folders").order_by("id"):
+    mailboxes = list(Mailbox.objects.prefetch_related("folders").order_by("id"))
+    progress = folder_progress(mailbox_ids=[mb.pk for mb in mailboxes])
+    for mb in mailboxes:
         folders = [
-            {"name": f.name, "role": f.role, "stored": f.stored_count, "server": f.server_count, "backfill_done": f.backfill_done}
+            {"name": f.name, "role": f.role, "stored": f.stored_count,
+             "linked": progress.get(f.pk, NO_PROGRESS).linked,
+             "quarantined": progress.get(f.pk, NO_PROGRESS).quarantined,
+             "server": f.server_count, "backfill_done": f.backfill_done}
             for f in mb.folders.all() if f.selected
         ]
         rows.append({"id": mb.pk, "email": mb.email, "health": mb.health, "last_error": mb.last_error,
@@ -128,7 +134,11 @@ def _list(args: argparse.Namespace) -> int:
         if r["last_error"]:
             print(f"      error: {r['last_error']}")
         for f in r["folders"]:
-            print(f"      {f['role']:<8} {f['name']:<24} {f['stored']}/{f['server']}{'' if f['backfill_done'] else ' (importing)'}")
+            quarantined = f", {f['quarantined']} quarantined" if f["quarantined"] else ""
+            print(
+                f"      {f['role']:<8} {f['name']:<24} stored {f['stored']} / linked {f['linked']} / on server"
+                f" {f['server']}{quarantined}{'' if f['backfill_done'] else ' (importing)'}"
+            )
     return 0
 
 
