@@ -19,7 +19,7 @@ ARGS = [
 ]
 
 
-def test_login_and_live_sync_progress(live_server: Any, team: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_login_and_live_sync_progress(live_server: Any, team: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API runs an event loop in this thread; the ORM calls below are plain sync code.
@@ -41,6 +41,7 @@ def test_login_and_live_sync_progress(live_server: Any, team: Any, monkeypatch: 
             page.wait_for_url(f"{live_server.url}/")
             assert page.inner_text("#mailboxes").count("sales@company.test") == 1
             assert "INBOX: 50 / 0 / 200" in page.inner_text("#mailboxes")
+            page.screenshot(path=str(tmp_path / "home-importing.png"), full_page=True)
             Folder.objects.filter(pk=folder.pk).update(stored_count=200, backfill_done=True)
             # That ran inside Playwright's event loop, whose context gets a database connection of its
             # own; left open, it keeps PostgreSQL from dropping the test database at the end.

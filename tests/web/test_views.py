@@ -88,3 +88,8 @@ def test_mailbox_table_shows_stored_linked_and_on_the_server(
         assert f"<th>{header}</th>" in page
         assert f'INBOX: 4 / 3 / 9 <span class="err">{quarantined}</span> <progress max="9" value="4">' in page
         assert "Sent: 0 / 0 / 0<br>" in page
+    # Counts are grouped as the reader's language writes them.
+    inbox.server_count = 20_000
+    inbox.save(update_fields=["server_count"])
+    grouped = {"en": "20,000", "ru": "20\xa0000"}[lang]
+    assert f"INBOX: 4 / 3 / {grouped} " in client.get("/mailboxes/status").content.decode()

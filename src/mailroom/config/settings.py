@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",  # intcomma: counts grouped as the reader's language writes them
     "ninja",  # its templates and static files: the API docs page is served from here, not a CDN
     "axes",
     "mailroom.core",
