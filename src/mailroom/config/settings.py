@@ -137,20 +137,23 @@ TEMPLATES = [
     },
 ]
 
+# Django's SQLite backend with a write lock taken as soon as it is free (core/sqlite_backend).
+SQLITE_ENGINE = "mailroom.core.sqlite_backend"
 _database_url = os.environ.get("DATABASE_URL", "").strip()
 if _database_url:
     DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        DATABASES["default"]["ENGINE"] = SQLITE_ENGINE
         DATABASES["default"].setdefault("OPTIONS", {})
 else:
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.sqlite3",
+            "ENGINE": SQLITE_ENGINE,
             "NAME": str(DATA_DIR / "mailroom.sqlite3"),
             "OPTIONS": {},
         }
     }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if DATABASES["default"]["ENGINE"] == SQLITE_ENGINE:
     # WAL lets readers (API) run beside the writer (sync); synchronous=FULL makes a commit durable
     # before we acknowledge anything (IMAP cursor, LMTP 250); IMMEDIATE avoids upgrade deadlocks.
     # 64 KiB pages (effective when the database file is created): raw messages are large blobs, which
@@ -175,7 +178,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # Raw message bytes: "files" (append-only segment files in MAILROOM_BLOB_DIR, written once with one
 # fdatasync per batch; the embedded default) or "database" (a blob column: what machines sharing one
 # PostgreSQL need until an object store exists). See docs/adr/0004-raw-bytes-in-segment-files.md.
-_SQLITE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+_SQLITE = DATABASES["default"]["ENGINE"] == SQLITE_ENGINE
 MAILROOM_RAW_STORE = os.environ.get("MAILROOM_RAW_STORE", "files" if _SQLITE else "database")
 if MAILROOM_RAW_STORE not in ("files", "database"):
     raise ImproperlyConfigured(f"MAILROOM_RAW_STORE must be files or database, not {MAILROOM_RAW_STORE!r}")
