@@ -51,6 +51,24 @@ def test_insert_dicts_ignores_conflicts_when_asked(team: Any) -> None:
     assert Source.objects.filter(key="outbox:1").count() == 1
 
 
+def test_insert_dicts_returns_the_rows_it_inserted_and_not_the_ones_a_conflict_skipped(team: Any) -> None:
+    def row(i: int) -> dict[str, Any]:
+        return {"team_id": team.pk, "message_id": f"m{i}@x", "message_id_hash": f"h{i}", "content_hash": "c",
+                "received_at": WHEN, "references": [f"r{i}@x"]}
+
+    first = insert_dicts(Message, [row(1), row(2)], returning=("id", "message_id_hash"))
+    assert sorted(h for _, h in first) == ["h1", "h2"]
+    # 2,100 rows: more than one statement's worth of parameters on SQLite.
+    again = insert_dicts(Message, [row(i) for i in range(2, 2102)], ignore_conflicts=True,
+                         returning=("id", "message_id_hash"))
+    assert dict((h, pk) for pk, h in again) == dict(
+        Message.objects.filter(team=team).exclude(message_id_hash__in=["h1", "h2"]).values_list("message_id_hash", "id"))
+    assert len(again) == 2099
+    assert Message.objects.get(message_id_hash="h7").references == ["r7@x"]
+    assert Message.objects.filter(team=team).count() == 2101
+    assert insert_dicts(Message, [row(1)], ignore_conflicts=True) == []
+
+
 def test_insert_dicts_rejects_unknown_columns(team: Any) -> None:
     with pytest.raises(ValueError, match="no such columns: team"):
         insert_dicts(Event, [{"team": team, "kind": Event.Kind.MESSAGE_SENT}])

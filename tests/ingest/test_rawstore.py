@@ -261,3 +261,9 @@ def test_two_mailboxes_storing_the_same_message_at_once_keep_one_raw_row(team: A
     assert list(MessageRaw.objects.values_list("message_id", flat=True)) == results["a"].message_pks
     assert MessageRaw.objects.get().read() == raw
     assert sorted(Source.objects.values_list("mailbox_id", flat=True)) == sorted([a.pk, b.pk])
+    # New once: A stored it, B found it stored; one "message.received", not one per mailbox.
+    assert (results["a"].new_messages, results["b"].new_messages) == (1, 0)
+    assert (results["a"].new_sources, results["b"].new_sources) == (1, 1)
+    from mailroom.events.models import Event
+
+    assert list(Event.objects.values_list("kind", "payload__mailbox_id")) == [("message.received", a.pk)]

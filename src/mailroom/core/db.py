@@ -103,14 +103,19 @@ _MISSING = object()
 
 
 def insert_dicts(
-    model: Any, rows: Sequence[dict[str, Any]], *, ignore_conflicts: bool = False, chunk: int = 500
-) -> None:
+    model: Any, rows: Sequence[dict[str, Any]], *, ignore_conflicts: bool = False, chunk: int = 500,
+    returning: Sequence[str] = (),
+) -> list[tuple[Any, ...]]:
     """INSERT rows given as ``{attname: value}`` dicts, without a model instance per row (building
     one costs more than inserting it on the import path). Missing fields take the model's default
     (computed once per call, as a new instance would hold it); ``auto_now``/``auto_now_add`` fields
-    take the current time. A key that is no attname of the model is an error (``team``, not ``team_id``)."""
+    take the current time. A key that is no attname of the model is an error (``team``, not ``team_id``).
+
+    ``returning`` (column names): the rows this statement inserted, as tuples of those columns (with
+    ``ignore_conflicts``, not the ones a conflict skipped: a row another transaction inserted first is
+    not reported as ours). Without it, nothing is returned."""
     if not rows:
-        return
+        return []
     from django.db.models.fields import AutoFieldMixin
     from django.utils import timezone
 
@@ -124,17 +129,18 @@ def insert_dicts(
     unknown = set(rows[0]).difference(f.attname for f in fields)
     if unknown:
         raise ValueError(f"{meta.label}: no such columns: {', '.join(sorted(unknown))}")
-    copyable = conn.vendor == "postgresql" and not ignore_conflicts and all(_copy_type(f) for f in fields)
+    copyable = (
+        conn.vendor == "postgresql" and not ignore_conflicts and not returning and all(_copy_type(f) for f in fields)
+    )
     if copyable or (conn.vendor == "postgresql" and all(_json_safe(f) for f in fields)):
-        # COPY where it can (COPY has no ON CONFLICT), else one JSON document a chunk (as
-        # insert_tuples): the rows' plain values either way, not the adapters'.
+        # COPY where it can (COPY has no ON CONFLICT, nor RETURNING), else one JSON document a chunk
+        # (as insert_tuples): the rows' plain values either way, not the adapters'.
         named = list(zip((f.attname for f in fields), defaults, strict=True))
         values = [tuple(d.get(a, dv) for a, dv in named) for d in rows]
         if copyable:
             copy_tuples(model, [f.attname for f in fields], values)
-        else:
-            _pg_insert_documents(meta, fields, values, ignore_conflicts)
-        return
+            return []
+        return _pg_insert_documents(meta, fields, values, ignore_conflicts, returning)
     plan: list[tuple[str, Any, Any]] = []  # (attname, converter, db value when missing)
     for f, default in zip(fields, defaults, strict=True):
         conv = _converter(f, conn)
@@ -146,7 +152,31 @@ def insert_dicts(
             v = d.get(attname, _MISSING)
             row.append(default if v is _MISSING else v if conv is None else conv(v))
         params.append(row)
-    _execute_chunks(conn, _insert_sql(meta, fields, conn, ignore_conflicts), params, chunk)
+    if not returning:
+        _execute_chunks(conn, _insert_sql(meta, fields, conn, ignore_conflicts), params, chunk)
+        return []
+    return _insert_returning(conn, meta, fields, params, ignore_conflicts, returning)
+
+
+def _insert_returning(
+    conn: Any, meta: Any, fields: Sequence[Any], params: list[list[Any]], ignore_conflicts: bool,
+    returning: Sequence[str],
+) -> list[tuple[Any, ...]]:
+    """Multi-row ``INSERT ... VALUES (...), (...) RETURNING`` (``executemany`` returns no rows), in
+    chunks that stay under SQLite's limit of 32,766 parameters a statement."""
+    q = conn.ops.quote_name
+    head = _insert_sql(meta, fields, conn, ignore_conflicts).split(" VALUES ", 1)[0]
+    conflict = " ON CONFLICT DO NOTHING" if ignore_conflicts and conn.vendor != "sqlite" else ""
+    tail = f"{conflict} RETURNING {', '.join(q(meta.get_field(c).column) for c in returning)}"
+    marks = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    per = max(1, 30_000 // max(1, len(fields)))
+    out: list[tuple[Any, ...]] = []
+    with conn.cursor() as cur:
+        for i in range(0, len(params), per):
+            chunk = params[i : i + per]
+            cur.execute(f"{head} VALUES {', '.join([marks] * len(chunk))}{tail}", [v for row in chunk for v in row])
+            out.extend(tuple(r) for r in cur.fetchall())
+    return out
 
 
 def _is_auto_now(f: Any) -> bool:
@@ -273,8 +303,9 @@ def _sqlite_params(cols: list[Field[Any, Any]], rows: Sequence[tuple[Any, ...]])
 
 
 def _pg_insert_documents(
-    meta: Any, cols: list[Field[Any, Any]], rows: Sequence[tuple[Any, ...]], ignore_conflicts: bool
-) -> None:
+    meta: Any, cols: list[Field[Any, Any]], rows: Sequence[tuple[Any, ...]], ignore_conflicts: bool,
+    returning: Sequence[str] = (),
+) -> list[tuple[Any, ...]]:
     """PostgreSQL: ``INSERT ... SELECT FROM jsonb_to_recordset(%s)``, the rows (tuples of ``cols``'
     values) as one JSON document a chunk of 5,000. Executemany sends a statement a row, each value
     quoted by the driver in Python: on the import that was half the storing thread's CPU."""
@@ -284,10 +315,15 @@ def _pg_insert_documents(
         f"INSERT INTO {qn(meta.db_table)} ({names}) SELECT {names} "  # noqa: S608 - model metadata
         f"FROM jsonb_to_recordset(%s::jsonb) AS v({_pg_recordset(cols)})"
         + (" ON CONFLICT DO NOTHING" if ignore_conflicts else "")
+        + (f" RETURNING {', '.join(qn(meta.get_field(c).column) for c in returning)}" if returning else "")
     )
+    out: list[tuple[Any, ...]] = []
     with connection.cursor() as cur:
         for start in range(0, len(rows), 5000):
             cur.execute(sql, [_pg_document(cols, rows[start : start + 5000])])
+            if returning:
+                out.extend(tuple(r) for r in cur.fetchall())
+    return out
 
 
 def update_tuples(model: Any, fields: list[str], rows: Sequence[tuple[Any, ...]]) -> None:

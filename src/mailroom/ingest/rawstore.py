@@ -252,21 +252,27 @@ def store_batch(
             to_create[ident] = (msg, item.raw)
 
         if to_create:
-            insert_dicts(Message, [m for m, _ in to_create.values()], ignore_conflicts=True)
-            created_ids = {
-                (mh, ch): pk
-                for pk, mh, ch in Message.objects.filter(
-                    team_id=team_id, message_id_hash__in={k[0] for k in to_create}
-                ).values_list("id", "message_id_hash", "content_hash")
-                if (mh, ch) in to_create
-            }
-            _insert_raws(
-                [(created_ids[k], raw) for k, (_, raw) in to_create.items()], [appended.get(k) for k in to_create]
+            # The rows this statement inserted: on PostgreSQL another transaction may have stored the
+            # same message since we looked (the same mail in two folders synced at once, or by IMAP
+            # and LMTP): its insert wins, ours is skipped, and it is not new here (no second event).
+            inserted = insert_dicts(
+                Message, [m for m, _ in to_create.values()], ignore_conflicts=True,
+                returning=("id", "message_id_hash", "content_hash"),
             )
+            created_ids = {(mh, ch): pk for pk, mh, ch in inserted}
+            ours = {k: v for k, v in to_create.items() if k in created_ids}
+            if len(ours) < len(to_create):
+                existing.update(
+                    ((mh, ch), pk)
+                    for pk, mh, ch in Message.objects.filter(
+                        team_id=team_id, message_id_hash__in={k[0] for k in to_create if k not in created_ids}
+                    ).values_list("id", "message_id_hash", "content_hash")
+                )
+            _insert_raws([(created_ids[k], raw) for k, (_, raw) in ours.items()], [appended.get(k) for k in ours])
             existing.update(created_ids)
             result.new_messages = len(created_ids)
             if kind == Source.Kind.IMAP:
-                _record_new_mail_events(team_id, mailbox, [(created_ids[k], m) for k, (m, _) in to_create.items()])
+                _record_new_mail_events(team_id, mailbox, [(created_ids[k], m) for k, (m, _) in ours.items()])
 
         if batch_direction == Message.Direction.OUTGOING and existing:
             # A message we first saw arriving (a colleague's INBOX) turns out to be ours (our Sent).
