@@ -29,7 +29,8 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
         return params
 
     def _start_transaction_under_autocommit(self) -> None:
-        begin = f"BEGIN {self.transaction_mode}" if self.transaction_mode else "BEGIN"
+        mode = getattr(self, "transaction_mode", None)  # set by Django from OPTIONS (not in its stubs)
+        begin = f"BEGIN {mode}" if mode else "BEGIN"
         raw = self.connection
         busy_ms = int(self._busy_seconds * 1000)
         deadline = time.monotonic() + self._busy_seconds
