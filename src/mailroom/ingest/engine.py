@@ -69,7 +69,8 @@ class PipelineWorker(threading.Thread):
     and links a batch only when parsing has caught up or ``LINK_EVERY`` seconds have passed: during
     a backlog import the import, which takes the database's write lock for each batch it commits,
     waits less for linking's long transactions (as beside ``sync --once``), and new mail is still
-    linked within seconds."""
+    linked within seconds. Live mail (the pipeline's priority lane) is parsed first and linked after
+    every parse step, whatever ``LINK_EVERY`` says."""
 
     def __init__(
         self, stop: threading.Event, *, sweep_seconds: float = 3.0, name: str = "pipeline", parse_first: bool = False
@@ -85,6 +86,7 @@ class PipelineWorker(threading.Thread):
         if not self.parse_first:
             return pipeline.process_pending()
         parsed = pipeline.parse_pending()
+        parsed += pipeline.link_live()
         if parsed and time.monotonic() - self._linked_at < LINK_EVERY:
             return parsed
         self._linked_at = time.monotonic()

@@ -37,6 +37,9 @@ SIZE_WINDOW = 2000  # UIDs whose sizes we ask for at once
 NEW_MAIL_CHECK_SECONDS = 2.0  # during a long backfill, look for new mail this often
 MAX_UID_ATTEMPTS = 3
 IDLE_SLICE_SECONDS = 5.0  # IDLE is renewed this often: other folders polled, stop() noticed
+# New mail fetched at most this many UIDs at once is live mail (the pipeline's priority lane: see
+# conversations/pipeline.py); a larger catch-up (a mailbox back after a long pause) is a backlog.
+LIVE_FETCH_MAX = 50
 
 Progress = Callable[[Folder, int], None]  # (folder, messages stored in this step)
 
@@ -108,7 +111,8 @@ def _folder_update(mailbox: Mailbox, folder: Folder, owner: str | None, **values
 
 
 def _store(
-    mailbox: Mailbox, folder: Folder, items: list[IncomingRaw], cursor_update: dict[str, object], owner: str | None = None
+    mailbox: Mailbox, folder: Folder, items: list[IncomingRaw], cursor_update: dict[str, object], owner: str | None = None,
+    *, live: bool = False,
 ) -> tuple[int, int]:
     """Store a batch and move the cursor in ONE transaction: nothing acknowledged before durable.
     What needs no write lock (appending the bytes, with their fdatasync) is done before it. With an
@@ -124,6 +128,7 @@ def _store(
             folder=folder,
             uidvalidity=folder.uidvalidity,
             prepared=prepared,
+            live=live,
         )
         Folder.objects.filter(pk=folder.pk).update(
             stored_count=F("stored_count") + res.new_sources, last_sync_at=timezone.now(), **cursor_update
@@ -244,9 +249,12 @@ def _import_uids(
     owner: str | None = None,
 ) -> bool:
     """Import ``uids`` (already ordered) in bounded batches, moving the cursor after each commit.
-    Returns False when stopped early by ``deadline`` (the rest is picked up next time)."""
+    Returns False when stopped early by ``deadline`` (the rest is picked up next time). New mail
+    (``ascending``) of at most LIVE_FETCH_MAX UIDs, in a folder synced before (not its first look, as
+    an oldest-first mailbox's first import), is stored as live mail."""
     if not uids:
         return True
+    live = ascending and len(uids) <= LIVE_FETCH_MAX and folder.uidnext is not None
     prefetch = _Prefetcher(session, folder, uids)
     try:
         for batch, fetched, failed in prefetch:  # fetched: IncomingRaw with summaries
@@ -256,7 +264,7 @@ def _import_uids(
                 stop_at = min(blockers) if blockers else None
                 ok = [f for f in fetched if stop_at is None or (f.uid or 0) < stop_at]
                 high = max(folder.synced_high_uid, stop_at - 1) if stop_at is not None else max(batch)
-                new_src, new_msgs = _store(mailbox, folder, ok, {"synced_high_uid": high}, owner)
+                new_src, new_msgs = _store(mailbox, folder, ok, {"synced_high_uid": high}, owner, live=live)
             else:
                 stop_at = max(blockers) if blockers else None
                 ok = [f for f in fetched if stop_at is None or (f.uid or 0) > stop_at]
