@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from mailroom.conversations import pipeline
 from mailroom.conversations.models import Message
-from mailroom.ingest.imap.worker import MailboxRunner
+from mailroom.ingest.imap.worker import MailboxRunner, SyncSlots
 from mailroom.ingest.leases import (
     fair_share,
     lease_claim,
@@ -142,7 +142,8 @@ class SyncEngine:
         self._thread = threading.Thread(target=self._loop, name="sync-engine", daemon=True)
         # Shared by the runners: at most this many sync (and hold a database connection) at once;
         # an IDLE runner holds neither (MailboxRunner._slot).
-        self.sync_slots = threading.BoundedSemaphore(settings.MAILROOM_SYNC_CONCURRENCY)
+        # Announced mail takes a free slot before the periodic polls waiting (SyncSlots).
+        self.sync_slots = SyncSlots(settings.MAILROOM_SYNC_CONCURRENCY)
 
     def start(self) -> None:
         global _current
