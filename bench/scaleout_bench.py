@@ -13,10 +13,14 @@ IDLE, then one more mailbox with a large backfill is added; while it imports, on
 delivered (LMTP) to each of the 200 at a steady rate, and the time from delivery to the message
 being listed by ``GET /api/v1/messages?mailbox=<id>`` (state=any, and the default listing: linked)
 is measured; p50/p95/p99/max are printed, and whether the backfill was still running throughout.
+One poller lists the team's newest messages every ``--poll`` seconds for all the messages that wait
+(``--poll-mode mailbox``: a poller per message, of its mailbox, whose load grew with the latency it
+measured); a message seen linked must then be in its mailbox's default listing.
 
     .venv/bin/python bench/scaleout_bench.py [--mailboxes 8] [--messages-per-mailbox 2000]
         [--idle-mailboxes 200] [--backfill 20000] [--rate 5] [--database-url postgres://...]
-        [--redis-url redis://127.0.0.1:6379/9] [--skip-throughput] [--skip-latency]
+        [--redis-url redis://127.0.0.1:6379/9] [--poll 0.1] [--poll-mode team|mailbox]
+        [--skip-throughput] [--skip-latency]
 
 The database named by --database-url is dropped and created afresh for each run; the Redis database
 named by --redis-url is flushed. This is a program that prints figures, not a test.
@@ -113,7 +117,7 @@ class Meter:
             trees[name] = process_tree(root, parents) & set(ticks)
             for pid in trees[name]:
                 if pid not in self.kind:
-                    self.kind[pid] = name if pid == root else f"{name} {self._child_kind(pid)}"
+                    self.kind[pid] = name if pid == root else f"{name} {self._child_kind(pid, parents.get(pid) == root)}"
         for pid in ticks:
             if pid not in self.kind and pid not in self._other:
                 try:
@@ -132,14 +136,18 @@ class Meter:
             self.peak_pss[name] = max(self.peak_pss.get(name, 0), pss)
 
     @staticmethod
-    def _child_kind(pid: int) -> str:
+    def _child_kind(pid: int, direct: bool) -> str:
+        """A worker's spawned children: its Celery process (``mailroom worker`` runs Celery in a
+        child of its own) and, under that, the parse workers."""
         try:
             cmd = _cmdline(pid)
         except OSError:
             return "child"
         if b"resource_tracker" in cmd:
             return "resource tracker"
-        return "parse workers" if b"spawn_main" in cmd else "child"
+        if b"spawn_main" in cmd:
+            return "celery (pipeline)" if direct else "parse workers"
+        return "child"
 
     def start(self) -> None:
         """Baseline now: start-up (migrations, imports) is not the work measured."""
@@ -381,18 +389,81 @@ class Probe:
 
 
 def _watch(api: Api, probe: Probe, interval: float, timeout: float) -> None:
-    """Poll the mailbox's listing (state=any: it shows the state) until the message is linked."""
+    """``--poll-mode mailbox``: poll the message's own mailbox listing (state=any: it shows the
+    state) until the message is linked; a thread per message, so the requests grow with the
+    messages still waiting (at 10 s of latency, 50 at once: 500 requests a second)."""
     while time.perf_counter() - probe.delivered < timeout:
-        page = api.call("GET", f"/api/v1/messages?mailbox={probe.mailbox}&limit=3&state=any")
-        now = time.perf_counter()
-        for item in page["items"]:
-            if item["message_id"] == probe.message_id:
-                if probe.stored is None:
-                    probe.stored = now - probe.delivered
-                if item["state"] == "linked":
-                    probe.linked = now - probe.delivered
-                    return
+        page = api.call("GET", f"/api/v1/messages?mailbox={probe.mailbox}&limit=3&state=any&count=none")
+        _seen(probe, page["items"], time.perf_counter())
+        if probe.linked is not None:
+            return
         time.sleep(interval)
+
+
+def _seen(probe: Probe, items: list[dict[str, Any]], now: float) -> None:
+    """Record what a listing answered at ``now`` (when the answer was in: an upper bound of when
+    the message became visible, at most one request's time late)."""
+    for item in items:
+        if item["message_id"] == probe.message_id:
+            if probe.stored is None:
+                probe.stored = now - probe.delivered
+            if item["state"] == "linked" and probe.linked is None:
+                probe.linked = now - probe.delivered
+
+
+class TeamPoller:
+    """``--poll-mode team`` (the default): one request every ``interval`` lists the team's newest
+    messages (state=any, count=none; the new messages are dated now, the generated ones in 2025, so
+    they are the newest), however many messages are waiting. The per-message watchers of
+    ``--poll-mode mailbox`` grew with the latency they measured (a request a message every 100 ms,
+    each with an exact count), and loaded ``serve`` and the database they measured. A message seen
+    linked here is then looked for in its own mailbox's default listing
+    (``GET /api/v1/messages?mailbox=<id>``, linked only), which must list it (``confirm``)."""
+
+    def __init__(self, api: Api, interval: float, timeout: float) -> None:
+        self.api, self.interval, self.timeout = api, interval, timeout
+        self.probes: list[Probe] = []
+        self.lock = threading.Lock()
+        self.delivering = True
+        self.requests = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def add(self, probe: Probe) -> None:
+        with self.lock:
+            self.probes.append(probe)
+
+    def _pending(self) -> list[Probe]:
+        now = time.perf_counter()
+        with self.lock:
+            return [p for p in self.probes if p.linked is None and now - p.delivered < self.timeout]
+
+    def _run(self) -> None:
+        while True:
+            pending = self._pending()
+            if not pending and not self.delivering:
+                return
+            started = time.perf_counter()
+            if pending:
+                limit = min(500, len(pending) + 20)
+                page = self.api.call("GET", f"/api/v1/messages?state=any&limit={limit}&count=none")
+                self.requests += 1
+                now = time.perf_counter()
+                for p in pending:
+                    _seen(p, page["items"], now)
+            time.sleep(max(0.0, self.interval - (time.perf_counter() - started)))
+
+    def join(self) -> None:
+        self.delivering = False
+        self.thread.join()
+
+    def confirm(self) -> None:
+        for p in self.probes:
+            if p.linked is None:
+                continue
+            page = self.api.call("GET", f"/api/v1/messages?mailbox={p.mailbox}&limit=5&count=none")
+            if p.message_id not in {m["message_id"] for m in page["items"]}:
+                raise SystemExit(f"{p.message_id} was listed linked, but not by its mailbox {p.mailbox}")
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -432,6 +503,7 @@ def run_latency(args: argparse.Namespace, dovecot: Any, workdir: Path) -> None:
         at_first = (dep.api.count(backfill, "any"), dep.api.count(backfill))
         probes: list[Probe] = []
         watchers: list[threading.Thread] = []
+        poller = TeamPoller(dep.api, args.poll, 120.0) if args.poll_mode == "team" else None
         gap = 1.0 / args.rate
         next_at = time.perf_counter()
         for i, (mid, user) in enumerate(zip(ids, users, strict=True)):
@@ -441,11 +513,17 @@ def run_latency(args: argparse.Namespace, dovecot: Any, workdir: Path) -> None:
             dovecot.deliver_lmtp(user, [raw])
             probe = Probe(mid, message_id, time.perf_counter())
             probes.append(probe)
+            if poller is not None:
+                poller.add(probe)
+                continue
             w = threading.Thread(target=_watch, args=(dep.api, probe, args.poll, 120.0), daemon=True)
             w.start()
             watchers.append(w)
         for w in watchers:
             w.join()
+        if poller is not None:
+            poller.join()
+            poller.confirm()
         last_listed = time.perf_counter()
         at_last = (dep.api.count(backfill, "any"), dep.api.count(backfill))
         dep._wait(lambda: dep.api.count(backfill) >= total, args.timeout, "the backfill did not finish")
@@ -458,7 +536,10 @@ def run_latency(args: argparse.Namespace, dovecot: Any, workdir: Path) -> None:
         dep.stop()
     lost = [p for p in probes if p.linked is None]
     print(f"new mail at {len(ids)} IDLE mailboxes, 2 workers, during a {total}-message backfill: one message "
-          f"delivered (LMTP) to each at {args.rate:g}/s, polled every {args.poll * 1000:.0f} ms per message")
+          f"delivered (LMTP) to each at {args.rate:g}/s, "
+          + (f"the team's newest listed every {args.poll * 1000:.0f} ms ({poller.requests} requests; each seen "
+             "linked then found in its mailbox's default listing)" if poller is not None
+             else f"its mailbox polled every {args.poll * 1000:.0f} ms per message"))
     for what, values in (("listed, state=any", [p.stored for p in probes if p.stored is not None]),
                          ("listed, default (linked)", [p.linked for p in probes if p.linked is not None])):
         if values:
@@ -490,7 +571,10 @@ def main() -> int:
     ap.add_argument("--idle-messages", type=int, default=3, help="messages already in each IDLE mailbox")
     ap.add_argument("--backfill", type=int, default=20000)
     ap.add_argument("--rate", type=float, default=5.0, help="new messages a second, one to each IDLE mailbox")
-    ap.add_argument("--poll", type=float, default=0.1, help="seconds between polls of a new message's mailbox")
+    ap.add_argument("--poll", type=float, default=0.1, help="seconds between polls")
+    ap.add_argument("--poll-mode", choices=["team", "mailbox"], default="team",
+                    help="team: one request lists the team's newest messages for all that wait (default); "
+                    "mailbox: a poller per message, of its own mailbox")
     ap.add_argument("--database-url", default=DEFAULT_DB)
     ap.add_argument("--redis-url", default=DEFAULT_REDIS)
     ap.add_argument("--concurrency", type=int, default=2, help="Celery threads of each worker")

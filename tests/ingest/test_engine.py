@@ -174,3 +174,37 @@ def test_pipeline_worker_parse_first_links_when_parsing_caught_up_or_every_few_s
     worker._linked_at -= engine_module.LINK_EVERY  # a backlog to parse, but the last link is old
     assert worker.step() == 4  # parsed two, linked two
     assert states(second) == ["linked", "linked"]
+
+
+def test_sync_slots_give_announced_mail_the_next_free_slot_before_the_polls_waiting() -> None:
+    """The runner woken by IDLE takes the slot freed next, though runners waiting to poll came first."""
+    import threading
+    import time
+
+    from mailroom.ingest.imap.worker import SyncSlots
+
+    slots = SyncSlots(1)
+    slots.acquire()  # a runner syncing
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def runner(name: str, urgent: bool) -> None:
+        slots.acquire(urgent=urgent)
+        with lock:
+            order.append(name)
+        time.sleep(0.02)
+        slots.release()
+
+    polls = [threading.Thread(target=runner, args=(f"poll{i}", False)) for i in range(3)]
+    for t in polls:
+        t.start()
+    time.sleep(0.1)  # the polls wait first
+    announced = threading.Thread(target=runner, args=("announced", True))
+    announced.start()
+    time.sleep(0.1)
+    slots.release()
+    for t in [*polls, announced]:
+        t.join(5)
+    assert order[0] == "announced"
+    assert sorted(order[1:]) == ["poll0", "poll1", "poll2"]
+    assert slots._free == 1  # every slot given back

@@ -320,3 +320,25 @@ def test_an_engine_syncs_at_most_its_sync_concurrency_of_mailboxes_at_once(
         engine.stop()
     assert most[0] == 1
     assert sorted(Mailbox.objects.values_list("health", flat=True)) == ["ok", "ok", "ok"]
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_new_mail_of_a_synced_folder_is_live_a_backlog_or_a_large_catch_up_is_not(
+    mail_user: Any, monkeypatch: pytest.MonkeyPatch, newest_first: bool
+) -> None:
+    """The pipeline's priority lane (Message.live) takes small fetches of new mail only."""
+    user = mail_user()
+    user.dovecot.deliver_many(user.email, [make_mail(i) for i in range(5)])
+    mb = mailbox_for(user, sync_roles=["inbox"], newest_first=newest_first)
+    mailbox_sync_once(mb)  # the first look: a backlog, whichever way it goes
+    assert list(Message.objects.order_by("id").values_list("live", flat=True)) == [False] * 5
+    user.dovecot.deliver(user.email, make_mail(10, msgid="new-10@client.test"))
+    mailbox_sync_once(mb)  # one new message after IDLE or a poll
+    monkeypatch.setattr(worker, "LIVE_FETCH_MAX", 2)
+    user.dovecot.deliver_many(user.email, [make_mail(20 + i, msgid=f"new-{20 + i}@client.test") for i in range(3)])
+    mailbox_sync_once(mb)  # three at once, above LIVE_FETCH_MAX: a catch-up
+    assert list(Message.objects.filter(message_id__startswith="new-").order_by("id").values_list(
+        "message_id", "live")) == [
+        ("new-10@client.test", True), ("new-20@client.test", False), ("new-21@client.test", False),
+        ("new-22@client.test", False),
+    ]

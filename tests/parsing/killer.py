@@ -24,3 +24,14 @@ def chunk_or_hang(jobs: Sequence[ParseJob]) -> list[ParsedMessage | Exception]:
         while True:
             time.sleep(3600)
     return _parse_chunk_remote(jobs)
+
+
+def chunk_slowly_noting(jobs: Sequence[ParseJob]) -> list[ParsedMessage | Exception]:
+    """Parses a chunk in 50 ms at least and appends its first job's key to the file named by the
+    environment's MAILROOM_TEST_CHUNK_LOG: the order the worker took the chunks in."""
+    import time
+
+    time.sleep(0.05)
+    with open(os.environ["MAILROOM_TEST_CHUNK_LOG"], "a") as f:
+        f.write(f"{jobs[0].key}\n")
+    return _parse_chunk_remote(jobs)

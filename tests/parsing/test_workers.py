@@ -18,7 +18,7 @@ from mailroom.parsing.workers import CHUNK, ParseFailed, ParseJob, ParsePool, Pa
 from mailroom.testing.servers import process_alive
 
 from .helpers import corpus_files
-from .killer import chunk_or_die, chunk_or_hang
+from .killer import chunk_or_die, chunk_or_hang, chunk_slowly_noting
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +151,35 @@ def test_the_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
     while process_alive(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not process_alive(worker), "the parse worker outlived its killed parent"
+
+
+def test_a_small_batch_waits_behind_a_few_chunks_of_a_large_one_not_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks are handed out WINDOW_PER_PROCESS a worker at a time: a live message's batch, parsed
+    by another pipeline thread, is taken after a few chunks of a backlog's batch, not its 40."""
+    import threading
+
+    from mailroom.parsing.workers import WINDOW_PER_PROCESS
+
+    log = tmp_path / "chunks"
+    monkeypatch.setenv("MAILROOM_TEST_CHUNK_LOG", str(log))
+    pool = ParsePool(1, remote=chunk_slowly_noting)
+    try:
+        pool.warm()
+        large = [ParseJob(i, b"Subject: backlog\r\n\r\nx\r\n", None, ()) for i in range(40 * CHUNK)]
+        backlog = threading.Thread(target=pool.parse, args=(large,))
+        backlog.start()
+        deadline = time.monotonic() + 30
+        while not log.exists() and time.monotonic() < deadline:  # its first chunk is parsed
+            time.sleep(0.01)
+        [live] = pool.parse([ParseJob(10_000, b"Subject: live\r\n\r\nx\r\n", None, ())])
+        backlog.join()
+    finally:
+        pool.shutdown()
+    assert live.subject == "live"
+    order = log.read_text().split()
+    assert len(order) == 41
+    # Taken after the chunks handed out before it: the window, and the one handed out as the first
+    # was collected (not after the 40).
+    assert order.index("10000") <= WINDOW_PER_PROCESS + 2

@@ -91,6 +91,13 @@ class Message(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
     quarantined_at = models.DateTimeField(null=True, blank=True)
+    # Live mail (the priority lane, conversations/pipeline.py): stored by a small fetch of new mail
+    # (after IDLE or a poll), the relay endpoint or our outbox, not by a backlog import. Parsed
+    # before the backlog, and linked before it where no pending message can change its threading.
+    live = models.BooleanField(default=False)
+    # subject_key(subject), written when stored: the lane looks for pending messages with a
+    # subject a live message could be threaded by (an index of pending rows only).
+    subject_key = models.CharField(max_length=16, blank=True, default="")
 
     # From the full parse (parsing package); the bodies are in MessageBody.
     is_auto_reply = models.BooleanField(default=False)
@@ -125,10 +132,33 @@ class Message(models.Model):
             models.Index(
                 fields=["date", "id"], name="message_parsed_date", condition=models.Q(state="parsed")
             ),
+            # The priority lane: the live messages waiting to be parsed, and to be linked (few rows).
+            models.Index(
+                fields=["id"], name="message_live_stored", condition=models.Q(state="stored", live=True)
+            ),
+            models.Index(
+                fields=["date", "id"], name="message_live_parsed", condition=models.Q(state="parsed", live=True)
+            ),
+            # The lane's check for pending messages of a team with a live message's subject.
+            models.Index(
+                fields=["team", "subject_key"], name="message_pending_subject",
+                condition=models.Q(state__in=["stored", "parsed"]),
+            ),
         ]
 
     def __str__(self) -> str:
         return f"<{self.message_id}>"
+
+
+def subject_key(subject: str) -> str:
+    """A short key of the normalised subject (routing.subjects.normalize_subject: what threading by
+    subject compares), "" for none."""
+    import hashlib
+
+    from mailroom.routing.subjects import normalize_subject
+
+    norm = normalize_subject(subject)
+    return hashlib.sha256(norm.encode("utf-8", "surrogateescape")).hexdigest()[:16] if norm else ""
 
 
 class MessageBody(models.Model):

@@ -5,10 +5,17 @@ The database is the source of truth: a message's ``state`` says which stage it n
 batches of messages by state; a queue only wakes them, and the sweeper (``process_pending`` on a
 timer) re-drives anything left behind. Every stage is idempotent, so running a message twice is
 harmless. A message that keeps failing is quarantined with its reason after ``MAX_ATTEMPTS``.
+
+**The priority lane.** Live mail (``Message.live``: stored by a small fetch of new mail after IDLE or
+a poll, by the relay endpoint or our outbox; not by a backlog import) is parsed before anything
+else, in a batch of its own, and linked before the backlog where that cannot change how anything is
+threaded (``_live_linkable``); otherwise it waits for its turn in the ordinary order (stored: by
+id; parsed: by date, oldest first, so that parents come before replies).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -34,6 +41,8 @@ BATCH = 400
 # small (no bodies), so the larger batch costs little memory.
 LINK_BATCH = 1000
 PARSE_BATCH_BYTES = 12 * 1024 * 1024  # per pipeline thread: bounds the parse results held at once
+# Live messages parsed, or looked at for linking, at once in the priority lane.
+LIVE_BATCH = 50
 
 _wake_callbacks: list[Callable[[], None]] = []
 _wake_lock = threading.Lock()
@@ -123,17 +132,23 @@ def parse_pending(limit: int = BATCH) -> int:
 def _parse_pending(limit: int, row_locks: bool) -> int:
     # What parsing and storing the result read (the rest, JSON columns above all, costs decoding): the
     # fields the result replaces are set on the instance, "date" only when the message has a Date.
-    qs = (
-        Message.objects.filter(state=Message.State.STORED)
-        .order_by("id")
-        .only("id", "size", "received_at", "content_hash", "routing_headers", "state", "date", "direction")
+    stored = Message.objects.filter(state=Message.State.STORED).only(
+        "id", "size", "received_at", "content_hash", "routing_headers", "state", "date", "direction"
     )
+    # Live mail first, in a batch of its own, not behind a backlog's batch: the lane's partial
+    # index holds only live rows waiting.
+    live = stored.filter(live=True).order_by("id")
+    backlog = stored.order_by("id")
     if row_locks:
-        qs = qs.select_for_update(skip_locked=True, of=("self",))
-        messages = list(qs[:limit])
+        messages = list(live.select_for_update(skip_locked=True, of=("self",))[: min(limit, LIVE_BATCH)])
+        if not messages:
+            messages = list(backlog.select_for_update(skip_locked=True, of=("self",))[:limit])
         return _parse_batch(messages)
     with _local_locks["parse"]:
-        messages = list(qs.exclude(pk__in=list(_in_flight))[:limit])
+        busy = list(_in_flight)
+        messages = list(live.exclude(pk__in=busy)[: min(limit, LIVE_BATCH)])
+        if not messages:
+            messages = list(backlog.exclude(pk__in=busy)[:limit])
         claimed = [m.pk for m in messages]
         _in_flight.update(claimed)
     try:
@@ -197,17 +212,157 @@ def _record_bounces(message_pks: list[int]) -> None:
 
 
 def link_pending(limit: int = LINK_BATCH) -> int:
-    """Thread and link up to ``limit`` parsed messages, oldest first (so parents come before replies)."""
+    """Thread and link up to ``limit`` parsed messages, oldest first (so parents come before replies);
+    the priority lane's first (``link_live``), if any may go."""
     from mailroom.conversations.linking import messages_link
 
+    live = _live_waiting()
     with _claim("link"):
+        if live:
+            pks = _live_linkable()
+            if pks:
+                return _link_pks(pks, messages_link)
         return _link_pending(limit, messages_link)
+
+
+def link_live() -> int:
+    """Link the live messages that may go before the backlog (``_live_linkable``); 0 at once if no
+    live message waits (no lock taken). Run after every parse step (``PipelineWorker``,
+    ``background_step``): live mail is linked as soon as it is parsed, not when the backlog's turn
+    to be linked comes."""
+    from mailroom.conversations.linking import messages_link
+
+    if not _live_waiting():
+        return 0
+    with _claim("link"):
+        pks = _live_linkable()
+        return _link_pks(pks, messages_link) if pks else 0
+
+
+def _live_waiting() -> bool:
+    return Message.objects.filter(state=Message.State.PARSED, live=True).exists()
+
+
+def _live_linkable(limit: int = LIVE_BATCH) -> list[int]:
+    """The parsed live messages (oldest first, at most ``limit`` looked at) whose threading cannot
+    depend on any message still waiting to be parsed or linked (*pending*: stored or parsed) of
+    their team, so that linking them before those gives what the oldest-first order would.
+
+    The resolver (routing/resolver.py) decides from messages already linked. A pending message P
+    could have mattered to a live message L only through (each case and what rules it out):
+
+    * a Message-ID: L references P (P is L's parent), or P is another copy of L (same Message-ID):
+      every id L references must be a **linked** message of the team (none absent, none pending),
+      and no other message with L's own Message-ID may be pending. Then L's header evidence is all
+      linked; ``shared_reference`` (siblings of an unstored parent) cannot fire for it;
+    * a subject (``subject_fallback``: a reply-looking message without header evidence joins a
+      thread of the same normalised subject and a participant in common, dated within a window of
+      the thread's last message). L takes part only if it is not reply-looking or has header
+      evidence (a reply-looking L without references is not taken). P could be matched to the
+      thread L starts or joins, whose last date L moves forward: no pending message of the team
+      dated up to L may have L's normalised subject or that of a thread L's references are in
+      (``Message.subject_key``, written when stored);
+    * a conversation key (Gmail's X-GM-THRID, Outlook's Thread-Index): no pending message of the
+      team may carry L's X-GM-THRID; an L with a Thread-Index (known only once parsed, so not of the
+      pending stored messages) is taken only when nothing of its team older than it is pending;
+    * the thread's participants (``sender_check``: an unauthenticated sender answering our signed
+      Message-ID is accepted only as a participant of that thread, which P could have made him):
+      an unauthenticated L referencing one of our Message-IDs is taken only if its sender is a
+      participant of that thread already (P can add participants, never take one away).
+
+    A pending P that references L (L is P's parent although P's Date is older) is linked after L:
+    parent first, the order the resolver is written for (oldest-first relies on the Date, which the
+    sender writes). The rest is commutative: a thread's participants and dates are a union, a min
+    and a max. Live messages that may not go stay in the ordinary order."""
+    from mailroom.conversations.models import Thread, ThreadAlias, subject_key
+    from mailroom.core.tokens import parse_own_message_id
+    from mailroom.routing.addresses import canonical_address
+    from mailroom.routing.rules import AuthVerdict
+    from mailroom.routing.subjects import is_reply
+
+    pending_states = (Message.State.STORED, Message.State.PARSED)
+    rows: list[dict[str, Any]] = [
+        dict(r) for r in Message.objects.filter(state=Message.State.PARSED, live=True)
+        .order_by("date", "id")
+        .values("id", "team_id", "message_id", "message_id_hash", "in_reply_to", "references", "subject",
+                "from_address", "date", "received_at", "auth", "routing_headers", "direction")[:limit]
+    ]
+    if not rows:
+        return []
+
+    def refs(r: dict[str, Any]) -> list[str]:
+        return [*(r["in_reply_to"] or ()), *(r["references"] or ())]
+
+    def message_id_hash(message_id: str) -> str:  # as the raw store computes it
+        return hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()
+
+    # The states of every message with an id these reference or carry: one query by (team, hash).
+    wanted: dict[int, set[str]] = {}
+    for r in rows:
+        wanted.setdefault(r["team_id"], set()).update([r["message_id_hash"], *(message_id_hash(m) for m in refs(r))])
+    states: dict[tuple[int, str], list[tuple[int, str, int | None]]] = {}
+    for team_id, hashes in wanted.items():
+        for pk, h, state, thread in Message.objects.filter(
+            team_id=team_id, message_id_hash__in=list(hashes)
+        ).values_list("id", "message_id_hash", "state", "thread_id"):
+            states.setdefault((team_id, h), []).append((pk, state, thread))
+
+    taken: list[int] = []
+    for r in rows:
+        team_id, pk = r["team_id"], r["id"]
+        date = r["date"] or r["received_at"]
+        referenced = refs(r)
+        if not all(
+            (found := states.get((team_id, message_id_hash(mid))))
+            and all(state == Message.State.LINKED for _, state, _ in found)
+            for mid in referenced
+        ):
+            continue  # a parent pending or not stored: the ordinary order
+        if any(o != pk and state in pending_states for o, state, _ in states.get((team_id, r["message_id_hash"]), ())):
+            continue  # another copy of it pending
+        if not referenced and is_reply(r["subject"] or ""):
+            continue  # may be threaded by its subject
+        others = Message.objects.filter(team_id=team_id, state__in=pending_states).exclude(pk__in=[*taken, pk])
+        parents = {t for mid in referenced for _, _, t in states[(team_id, message_id_hash(mid))] if t is not None}
+        keys = {subject_key(r["subject"] or "")} | {
+            subject_key(n) for n in Thread.objects.filter(pk__in=parents).values_list("normalized_subject", flat=True)
+        }
+        keys.discard("")
+        if keys and others.filter(subject_key__in=sorted(keys), date__lte=date).exists():
+            continue  # a pending message of that subject
+        headers = r["routing_headers"] or {}
+        if headers.get("thread_index") and others.filter(date__lte=date).exists():
+            continue
+        gm = headers.get("gm_thread_id")
+        if gm and others.filter(routing_headers__gm_thread_id=gm).exists():
+            continue
+        if r["direction"] != Message.Direction.OUTGOING and not AuthVerdict.from_json(r["auth"]).authenticates(
+            r["from_address"] or ""
+        )[0]:
+            tokens = [t for t in (parse_own_message_id(m) for m in referenced if m[:3].lower() == "mr.") if t]
+            threads = {t.thread_id for t in tokens if t.thread_id is not None}
+            if threads:
+                for _ in range(100):  # merged threads: their survivors
+                    moved = dict(ThreadAlias.objects.filter(absorbed_id__in=threads).values_list("absorbed_id", "survivor_id"))
+                    if not moved:
+                        break
+                    threads = {moved.get(t, t) for t in threads}
+                sender = canonical_address(r["from_address"] or "")
+                people = Thread.objects.filter(team_id=team_id, pk__in=threads).values_list("participants", flat=True)
+                if not sender or any(sender not in set(p or ()) for p in people):
+                    continue
+        taken.append(pk)
+    return taken
 
 
 def _link_pending(limit: int, messages_link: Callable[..., None]) -> int:
     pks = list(
         Message.objects.filter(state=Message.State.PARSED).order_by("date", "id").values_list("id", flat=True)[:limit]
     )
+    return _link_pks(pks, messages_link)
+
+
+def _link_pks(pks: list[int], messages_link: Callable[..., None]) -> int:
     if not pks:
         return 0
     try:
@@ -304,9 +459,16 @@ def _in_threads(threads: int, handled: list[int]) -> Iterator[None]:
 
 def background_step(wake: Any, *, parse_first: bool = False) -> int:
     """One background sweep; waits for a wake-up (at most half a second) when there was nothing.
-    With ``parse_first`` it links only when there was nothing to parse (see ``_in_process_beside``)."""
+    With ``parse_first`` it links only when there was nothing to parse (see ``_in_process_beside``),
+    but for the priority lane's live messages, linked after every parse step."""
     try:
-        done = (parse_pending() or link_pending()) if parse_first else process_pending()
+        if parse_first:
+            done = parse_pending()
+            done += link_live()  # live mail is linked as soon as it is parsed
+            if not done:
+                done = link_pending()
+        else:
+            done = process_pending()
     except Exception:  # logged; the sweep (drain) picks the rest up
         log.exception("pipeline.background_failed")
         done = 0

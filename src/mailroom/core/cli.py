@@ -118,20 +118,77 @@ class Background:
 
 def _worker(args: argparse.Namespace) -> int:
     """A scale-out node: its share of the mailboxes' sync and the outbox, beside a Celery worker
-    for the pipeline tasks. Several run side by side (ingest/leases.py divides the mailboxes)."""
-    setup_django()
-    from mailroom.config.celery import app
+    for the pipeline tasks. Several run side by side (ingest/leases.py divides the mailboxes).
 
+    The Celery worker runs in a process of its own (``celery_process``, spawned, its parse worker
+    processes under it; started again if it dies), this one syncs: with both in one process the
+    pipeline's linking and storing took the interpreter lock from the runners woken by IDLE, and
+    new mail waited for it at every step of its fetch and commit (bench/scaleout_bench.py, part 2).
+    A SIGSTOP of this process freezes its sync engine (another engine takes its mailboxes over),
+    a ``kill -9`` ends the Celery process within a second (its tasks, acked late, are redelivered)."""
+    import multiprocessing
+    import time
+
+    setup_django()
+    argv = ["worker", f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}", f"--pool={args.pool}",
+            "--without-gossip", "--without-mingle"]
+    ctx = multiprocessing.get_context("spawn")  # never fork a process with threads and connections
+
+    def start() -> Any:
+        proc = ctx.Process(target=celery_process, args=(argv, os.getpid()), name="mailroom-celery")
+        proc.start()
+        return proc
+
+    celery = start()
     background = Background()
     background.start()
+    stop = threading.Event()
+
+    def _stop(*_: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
-        app.worker_main(
-            ["worker", f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}", f"--pool={args.pool}",
-             "--without-gossip", "--without-mingle"]
-        )
+        while not stop.wait(1.0):
+            if not celery.is_alive():
+                print(f"mailroom worker: the Celery process exited ({celery.exitcode}); starting it again",
+                      file=sys.stderr, flush=True)
+                time.sleep(1.0)
+                celery = start()
     finally:
+        if celery.is_alive():
+            os.kill(celery.pid, signal.SIGTERM)  # Celery's warm shutdown: it finishes the tasks it runs
         background.stop()
+        celery.join(60)
+        if celery.is_alive():
+            celery.kill()
+            celery.join()
     return 0
+
+
+def celery_process(argv: list[str], parent: int) -> None:
+    """The Celery worker of ``mailroom worker`` (see ``_worker``), in a spawned process."""
+    from mailroom.parsing.workers import exit_with_parent
+
+    if sys.platform == "linux":  # killed with its parent at once (the watch thread takes a second)
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    exit_with_parent(parent)
+    setup_django()
+    from django.conf import settings
+    from django.db import connections
+
+    from mailroom.config.celery import app
+    from mailroom.parsing.workers import parse_pool
+
+    try:
+        app.worker_main(argv)
+    finally:
+        # Before this process's exit, which waits for its children: the parse workers end with it.
+        parse_pool(settings.MAILROOM_PARSE_PROCESSES).shutdown()
+        connections.close_all()
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from mailroom.conversations import pipeline
 from mailroom.conversations.models import Message
-from mailroom.ingest.imap.worker import MailboxRunner
+from mailroom.ingest.imap.worker import MailboxRunner, SyncSlots
 from mailroom.ingest.leases import (
     fair_share,
     lease_claim,
@@ -69,7 +69,8 @@ class PipelineWorker(threading.Thread):
     and links a batch only when parsing has caught up or ``LINK_EVERY`` seconds have passed: during
     a backlog import the import, which takes the database's write lock for each batch it commits,
     waits less for linking's long transactions (as beside ``sync --once``), and new mail is still
-    linked within seconds."""
+    linked within seconds. Live mail (the pipeline's priority lane) is parsed first and linked after
+    every parse step, whatever ``LINK_EVERY`` says."""
 
     def __init__(
         self, stop: threading.Event, *, sweep_seconds: float = 3.0, name: str = "pipeline", parse_first: bool = False
@@ -85,6 +86,7 @@ class PipelineWorker(threading.Thread):
         if not self.parse_first:
             return pipeline.process_pending()
         parsed = pipeline.parse_pending()
+        parsed += pipeline.link_live()
         if parsed and time.monotonic() - self._linked_at < LINK_EVERY:
             return parsed
         self._linked_at = time.monotonic()
@@ -140,7 +142,8 @@ class SyncEngine:
         self._thread = threading.Thread(target=self._loop, name="sync-engine", daemon=True)
         # Shared by the runners: at most this many sync (and hold a database connection) at once;
         # an IDLE runner holds neither (MailboxRunner._slot).
-        self.sync_slots = threading.BoundedSemaphore(settings.MAILROOM_SYNC_CONCURRENCY)
+        # Announced mail takes a free slot before the periodic polls waiting (SyncSlots).
+        self.sync_slots = SyncSlots(settings.MAILROOM_SYNC_CONCURRENCY)
 
     def start(self) -> None:
         global _current

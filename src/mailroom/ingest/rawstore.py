@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from mailroom.conversations.models import Message, MessageRaw, Source
+from mailroom.conversations.models import Message, MessageRaw, Source, subject_key
 from mailroom.core.blobs import blob_store
 from mailroom.core.db import copy_tuples, insert_dicts, insert_tuples
 from mailroom.mailboxes.models import Folder, Mailbox
@@ -192,10 +192,13 @@ def store_batch(
     uidvalidity: int | None = None,
     direction: str | None = None,
     prepared: StorePrep | None = None,
+    live: bool = False,
 ) -> StoreResult:
     """Store a batch of raw messages and their sources, exactly once (idempotent by source and by
     message identity). ``prepared``: ``store_prepare`` of these same items, done before the
-    caller's transaction."""
+    caller's transaction. ``live``: new mail as it arrives (a small fetch after IDLE or a poll, the
+    relay endpoint, our outbox), not a backlog import: its new messages take the pipeline's
+    priority lane (``Message.live``, conversations/pipeline.py)."""
     result = StoreResult()
     if not items:
         return result
@@ -248,6 +251,8 @@ def store_batch(
                 "references": list(summary.references),
                 "direction": batch_direction,
                 "routing_headers": {"gm_thread_id": item.gm_thread_id} if item.gm_thread_id else {},
+                "live": live,
+                "subject_key": subject_key(summary.subject[:5000]),
             }
             to_create[ident] = (msg, item.raw)
 
@@ -317,8 +322,10 @@ def store_batch(
 
 def store_one(*, team_id: int, raw: bytes, kind: str, key: str, mailbox: Mailbox | None = None,
               direction: str | None = None) -> tuple[int, bool]:
-    """Store one message from a non-IMAP source. Returns (message pk, whether the source is new)."""
+    """Store one message from a non-IMAP source (live mail: see ``store_batch``). Returns (message
+    pk, whether the source is new)."""
     res = store_batch(
-        team_id=team_id, items=[IncomingRaw(raw=raw, key=key)], kind=kind, mailbox=mailbox, direction=direction
+        team_id=team_id, items=[IncomingRaw(raw=raw, key=key)], kind=kind, mailbox=mailbox, direction=direction,
+        live=True,
     )
     return res.message_pks[0], res.new_sources == 1

@@ -391,6 +391,7 @@ def _store_client_reply(token: RelayToken, rcpt: str, raw: bytes, *, forward: bo
         team_id=token.team_id, kind="lmtp", mailbox=token.mailbox, direction=Message.Direction.INCOMING,
         items=[IncomingRaw(raw=raw, key=f"lmtp:{rcpt.lower()}:{summary.content_hash}", internal_date=timezone.now(),
                            summary=summary)],
+        live=True,
     )
     msg_pk = res.message_pks[0]
     if res.new_messages:  # not when the same reply already came in through the INBOX

@@ -886,6 +886,7 @@ def _record_results(done: Sequence[tuple[_Job, SendResult]], worker_id: str, rep
                 team_id=group[0].team_id, kind="outbox", mailbox=mb, direction=Message.Direction.OUTGOING,
                 items=[IncomingRaw(raw=compose.sent_copy_bytes(j.raw, j.bcc), key=f"outbox:{j.pk}", internal_date=now)
                        for j in group],
+                live=True,  # the client's answer will reference it: threaded at once
             )
             stored.extend((msg_pk, j.pk) for j, msg_pk in zip(group, res_store.message_pks, strict=True))
         _exec_many(f"UPDATE {q(_T)} SET stored_message_id = %s WHERE id = %s", stored)  # noqa: S608

@@ -46,6 +46,7 @@ from mailroom.parsing.mime import ParsedMessage, parse_message
 log = logging.getLogger(__name__)
 
 CHUNK = 8  # messages per task: enough to amortise the hand-over, small enough to balance
+WINDOW_PER_PROCESS = 2  # chunks of one batch handed out at once, per worker process (ParsePool.parse)
 DEFAULT_DEADLINE = 30.0  # seconds a chunk (or a message alone) may run in a worker before it is killed
 
 
@@ -206,22 +207,41 @@ class ParsePool:
         if self.processes <= 0 or not jobs:
             return parse_chunk(jobs)
         executor = self._get()
-        futures: list[tuple[int, Future[list[ParsedMessage | Exception]]]] = []
+        # At most WINDOW_PER_PROCESS chunks a process outstanding, the next one handed out as one is
+        # collected: the workers stay busy, and the chunk of another batch (a live message's, the
+        # pipeline's priority lane) waits behind a few chunks, not behind the whole of a large one
+        # (a batch of 400 was 50 chunks queued at once, seconds of parsing on one worker).
+        starts = list(range(0, len(jobs), CHUNK))
+        window = max(2, WINDOW_PER_PROCESS * self.processes)
+        futures: dict[int, Future[list[ParsedMessage | Exception]]] = {}
+
+        def submit(start: int) -> None:
+            futures[start] = executor.submit(self.remote, jobs[start : start + CHUNK])
+
         try:
-            for start in range(0, len(jobs), CHUNK):
-                futures.append((start, executor.submit(self.remote, jobs[start : start + CHUNK])))
+            for start in starts[:window]:
+                submit(start)
         except (BrokenProcessPool, RuntimeError) as exc:  # broken before we began: parse here
             log.warning("parse_pool.unavailable", extra={"error": str(exc)})
             self._reset(executor)
-            for _, f in futures:
+            for f in futures.values():
                 f.cancel()
             return parse_chunk(jobs)
         results: list[ParsedMessage | Exception | None] = [None] * len(jobs)
         lost: list[int] = []  # indexes of jobs whose worker died (a dead worker breaks every pending task)
         # Chunks are handed out in order, so each one has begun by the time the one before it is
         # collected: waiting longer than the deadline for it means it ran longer than that.
-        stuck = False
-        for start, future in futures:
+        stuck = broken = False
+        for n, start in enumerate(starts):
+            if n + window < len(starts) and not (stuck or broken):
+                try:
+                    submit(starts[n + window])
+                except (BrokenProcessPool, RuntimeError):  # its worker died: it is collected as lost
+                    broken = True
+            future = futures.pop(start, None)
+            if future is None:  # not handed out: the pool broke or was killed before
+                lost.extend(range(start, min(start + CHUNK, len(jobs))))
+                continue
             try:
                 results[start : start + CHUNK] = future.result(timeout=None if stuck else self.deadline)
             except FutureTimeout:
@@ -230,6 +250,7 @@ class ParsePool:
                 self._kill(executor)
                 lost.extend(range(start, min(start + CHUNK, len(jobs))))
             except BrokenProcessPool:
+                broken = True
                 lost.extend(range(start, min(start + CHUNK, len(jobs))))
         if lost:
             if not stuck:

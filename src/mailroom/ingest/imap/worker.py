@@ -37,6 +37,9 @@ SIZE_WINDOW = 2000  # UIDs whose sizes we ask for at once
 NEW_MAIL_CHECK_SECONDS = 2.0  # during a long backfill, look for new mail this often
 MAX_UID_ATTEMPTS = 3
 IDLE_SLICE_SECONDS = 5.0  # IDLE is renewed this often: other folders polled, stop() noticed
+# New mail fetched at most this many UIDs at once is live mail (the pipeline's priority lane: see
+# conversations/pipeline.py); a larger catch-up (a mailbox back after a long pause) is a backlog.
+LIVE_FETCH_MAX = 50
 
 Progress = Callable[[Folder, int], None]  # (folder, messages stored in this step)
 
@@ -108,7 +111,8 @@ def _folder_update(mailbox: Mailbox, folder: Folder, owner: str | None, **values
 
 
 def _store(
-    mailbox: Mailbox, folder: Folder, items: list[IncomingRaw], cursor_update: dict[str, object], owner: str | None = None
+    mailbox: Mailbox, folder: Folder, items: list[IncomingRaw], cursor_update: dict[str, object], owner: str | None = None,
+    *, live: bool = False,
 ) -> tuple[int, int]:
     """Store a batch and move the cursor in ONE transaction: nothing acknowledged before durable.
     What needs no write lock (appending the bytes, with their fdatasync) is done before it. With an
@@ -124,6 +128,7 @@ def _store(
             folder=folder,
             uidvalidity=folder.uidvalidity,
             prepared=prepared,
+            live=live,
         )
         Folder.objects.filter(pk=folder.pk).update(
             stored_count=F("stored_count") + res.new_sources, last_sync_at=timezone.now(), **cursor_update
@@ -244,9 +249,12 @@ def _import_uids(
     owner: str | None = None,
 ) -> bool:
     """Import ``uids`` (already ordered) in bounded batches, moving the cursor after each commit.
-    Returns False when stopped early by ``deadline`` (the rest is picked up next time)."""
+    Returns False when stopped early by ``deadline`` (the rest is picked up next time). New mail
+    (``ascending``) of at most LIVE_FETCH_MAX UIDs, in a folder synced before (not its first look, as
+    an oldest-first mailbox's first import), is stored as live mail."""
     if not uids:
         return True
+    live = ascending and len(uids) <= LIVE_FETCH_MAX and folder.uidnext is not None
     prefetch = _Prefetcher(session, folder, uids)
     try:
         for batch, fetched, failed in prefetch:  # fetched: IncomingRaw with summaries
@@ -256,7 +264,7 @@ def _import_uids(
                 stop_at = min(blockers) if blockers else None
                 ok = [f for f in fetched if stop_at is None or (f.uid or 0) < stop_at]
                 high = max(folder.synced_high_uid, stop_at - 1) if stop_at is not None else max(batch)
-                new_src, new_msgs = _store(mailbox, folder, ok, {"synced_high_uid": high}, owner)
+                new_src, new_msgs = _store(mailbox, folder, ok, {"synced_high_uid": high}, owner, live=live)
             else:
                 stop_at = max(blockers) if blockers else None
                 ok = [f for f in fetched if stop_at is None or (f.uid or 0) > stop_at]
@@ -424,6 +432,41 @@ def release_database() -> None:
     connections.close_all()
 
 
+class SyncSlots:
+    """An engine's sync slots: at most ``n`` of its runners sync (and hold a database connection)
+    at once. A runner woken by mail the server announced (IDLE) goes before the ones waiting to
+    poll: 200 runners that entered IDLE together polled together ``idle_seconds`` later, and new
+    mail waited seconds behind their polls for a slot (bench/scaleout_bench.py, part 2)."""
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._urgent = 0  # urgent runners waiting
+        self._cond = threading.Condition()
+
+    def acquire(self, urgent: bool = False) -> None:
+        with self._cond:
+            if urgent:
+                self._urgent += 1
+            try:
+                while self._free <= 0 or (not urgent and self._urgent > 0):
+                    self._cond.wait()
+                self._free -= 1
+            finally:
+                if urgent:
+                    self._urgent -= 1
+                    self._cond.notify_all()  # the others may go now, if a slot is free
+
+    def release(self) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
+
+
+@dataclass
+class _Rest:
+    urgent: bool = False  # the wait ended in announced mail: its slot is taken first
+
+
 class MailboxRunner(threading.Thread):
     """Keeps one mailbox in sync: sync, then IDLE on INBOX (poll other folders between IDLEs).
 
@@ -434,7 +477,7 @@ class MailboxRunner(threading.Thread):
 
     def __init__(
         self, mailbox_id: int, stop: threading.Event, *, idle_seconds: float = 25.0, owner: str | None = None,
-        slots: threading.Semaphore | None = None,
+        slots: threading.Semaphore | SyncSlots | None = None,
     ) -> None:
         super().__init__(name=f"mailbox-{mailbox_id}", daemon=True)
         self.mailbox_id = mailbox_id
@@ -467,16 +510,20 @@ class MailboxRunner(threading.Thread):
                 self.slots.release()
 
     @contextmanager
-    def _resting(self) -> Iterator[None]:
+    def _resting(self) -> Iterator[_Rest]:
         """Inside :meth:`_slot`, around a wait (IDLE, a poll interval, a backoff): the slot and the
-        database connection are given back meanwhile, the slot taken again after."""
+        database connection are given back meanwhile, the slot taken again after (before the
+        runners waiting to poll, if the body says the wait ended in announced mail)."""
         release_database()
         if self.slots is not None:
             self.slots.release()
+        rest = _Rest()
         try:
-            yield
+            yield rest
         finally:
-            if self.slots is not None:
+            if isinstance(self.slots, SyncSlots):
+                self.slots.acquire(urgent=rest.urgent)
+            elif self.slots is not None:
                 self.slots.acquire()
 
     def _idle(self, session: ImapSession) -> bool:
@@ -484,8 +531,10 @@ class MailboxRunner(threading.Thread):
         (a stop or a kick is noticed within one slice); whether the server announced a change. The
         other folders are polled once it ends, every ``idle_seconds``, not after every slice: with
         200 mailboxes a full pass every 5 s each was 40 syncs a second with no mail at all, and new
-        mail queued behind them for a sync slot (bench/scaleout_bench.py)."""
-        deadline = time.monotonic() + self.idle_seconds
+        mail queued behind them for a sync slot (bench/scaleout_bench.py). The time is drawn from the
+        last quarter below ``idle_seconds``, so that runners that entered IDLE together do not all
+        poll together."""
+        deadline = time.monotonic() + self.idle_seconds * random.uniform(0.75, 1.0)
         while not self.stopping and not self.kick_event.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -580,8 +629,8 @@ class MailboxRunner(threading.Thread):
                 if session.selected != inbox.name:
                     session.examine(inbox.name)
                     sync_folder(session, mailbox, inbox, owner=self.owner)
-                with self._resting():
-                    changed = self._idle(session)
+                with self._resting() as rest:
+                    changed = rest.urgent = self._idle(session)
                 if changed:
                     sync_folder(session, mailbox, inbox, owner=self.owner)
         finally:
