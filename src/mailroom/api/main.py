@@ -152,7 +152,7 @@ def _register_routers() -> None:
 
     api.add_router("/mailboxes", mailboxes.router)
     api.add_router("/messages", messages.router)
-    for name in ("crm", "threads", "outbox", "relay"):
+    for name in ("crm", "threads", "outbox", "relay", "webhooks"):
         try:
             module = __import__(f"mailroom.api.{name}", fromlist=["router"])
         except ModuleNotFoundError as exc:

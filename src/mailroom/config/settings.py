@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "mailroom.ingest",
     "mailroom.outbound",
     "mailroom.events",
+    "mailroom.webhooks",
     "mailroom.web",
 ]
 
@@ -271,6 +272,34 @@ MAILROOM_LEASE_SECONDS = _env_int("MAILROOM_LEASE_SECONDS", 60, minimum=2)
 # meanwhile); the others wait in IDLE holding none. Bounds an engine's connections however many
 # mailboxes it holds (PostgreSQL's max_connections is 100 by default).
 MAILROOM_SYNC_CONCURRENCY = _env_int("MAILROOM_SYNC_CONCURRENCY", 8, minimum=1)
+# Webhooks (webhooks/, Standard Webhooks). The retry schedule: seconds before each attempt,
+# comma separated (the first is the delay of the first attempt; the spec's default: immediately, 5 s,
+# 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h), each delay jittered by up to a fifth; after the
+# last the delivery has failed. An endpoint failing without a success for DISABLE_AFTER seconds is
+# disabled. ALLOW_HOSTS: host names or addresses (or networks, 10.1.0.0/16) that webhooks may reach
+# although they are loopback/private, and over plain http (tests, closed networks); otherwise https to
+# public addresses only.
+def _schedule(name: str, default: str) -> list[float]:
+    raw = os.environ.get(name, "").strip() or default
+    try:
+        values = [float(v) for v in raw.split(",") if v.strip()]
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be seconds, comma separated, not {raw!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise ImproperlyConfigured(f"{name} must be one or more non-negative numbers of seconds")
+    return values
+
+
+MAILROOM_WEBHOOK_RETRY_SCHEDULE = _schedule(
+    "MAILROOM_WEBHOOK_RETRY_SCHEDULE", "0,5,300,1800,7200,18000,36000,50400,72000,86400")
+MAILROOM_WEBHOOK_DISABLE_AFTER = _env_int("MAILROOM_WEBHOOK_DISABLE_AFTER", 5 * 24 * 3600, minimum=0)
+MAILROOM_WEBHOOK_ALLOW_HOSTS = [
+    s.strip().lower() for s in os.environ.get("MAILROOM_WEBHOOK_ALLOW_HOSTS", "").split(",") if s.strip()
+]
+MAILROOM_WEBHOOK_TIMEOUT = float(os.environ.get("MAILROOM_WEBHOOK_TIMEOUT", "10"))
+MAILROOM_WEBHOOK_CONCURRENCY = _env_int("MAILROOM_WEBHOOK_CONCURRENCY", 8, minimum=1)
+MAILROOM_WEBHOOK_SECRET_OVERLAP = _env_int("MAILROOM_WEBHOOK_SECRET_OVERLAP", 24 * 3600, minimum=0)
+MAILROOM_WEBHOOK_LEASE_SECONDS = _env_int("MAILROOM_WEBHOOK_LEASE_SECONDS", 60, minimum=2)
 # Task execution: "inline" (embedded, in-process worker threads) or "celery".
 MAILROOM_TASKS = os.environ.get("MAILROOM_TASKS", "inline")
 # Worker processes for full parsing, beside the process that stores (0: parse in-process). The default

@@ -97,19 +97,23 @@ def _db_has_tables() -> bool:
 
 class Background:
     """What a process runs beside its web server or Celery worker: the sync engine (its share of
-    the mailboxes, under leases) and the outbox sender thread."""
+    the mailboxes, under leases), the outbox sender thread and the webhook delivery thread."""
 
     def __init__(self) -> None:
         from mailroom.ingest.engine import SyncEngine
         from mailroom.outbound.tasks import run_outbox_worker
+        from mailroom.webhooks.tasks import run_webhook_worker
 
         self.stop_event = threading.Event()
         self.engine = SyncEngine()
         self.outbox = threading.Thread(target=run_outbox_worker, args=(self.stop_event,), name="outbox", daemon=True)
+        self.webhooks = threading.Thread(target=run_webhook_worker, args=(self.stop_event,), name="webhooks",
+                                         daemon=True)
 
     def start(self) -> None:
         self.engine.start()
         self.outbox.start()
+        self.webhooks.start()
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -39,6 +39,11 @@ def set_resolver(resolver: Resolver | None) -> None:
     _resolver = resolver or _system_resolver
 
 
+def resolve(host: str, port: int) -> list[str]:
+    """The addresses of ``host`` through the configured resolver (injectable: :func:`set_resolver`)."""
+    return list(_resolver(host, port))
+
+
 def _loopback_allowed() -> bool:
     return bool(getattr(settings, "MAILROOM_ALLOW_LOOPBACK_HTTP", False))
 

@@ -6,8 +6,11 @@ from django.db import models
 class Event(models.Model):
     """Something that happened, written in the same transaction as the change it reports.
 
-    The webhooks (later) deliver undelivered rows in order and set ``delivered_at``.
-    Kinds: ``message.received``, ``message.sent``, ``message.failed``, ``message.bounced``.
+    The webhooks app (``webhooks/``) writes a delivery row per event and subscribed endpoint in the
+    same transaction (``events.services`` recording hooks) and delivers those.
+    Kinds: ``message.received``, ``message.sent``, ``message.failed``, ``message.bounced``,
+    ``webhook.endpoint_disabled`` (an endpoint failed for days and was disabled: the team's admins
+    are told through it).
     """
 
     class Kind(models.TextChoices):
@@ -15,6 +18,7 @@ class Event(models.Model):
         MESSAGE_SENT = "message.sent", "Message sent"
         MESSAGE_FAILED = "message.failed", "Message failed"
         MESSAGE_BOUNCED = "message.bounced", "Message bounced"
+        WEBHOOK_ENDPOINT_DISABLED = "webhook.endpoint_disabled", "Webhook endpoint disabled"
 
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=40, choices=Kind.choices)
