@@ -257,14 +257,28 @@ def store_batch(
             to_create[ident] = (msg, item.raw)
 
         if to_create:
-            # The rows this statement inserted: on PostgreSQL another transaction may have stored the
-            # same message since we looked (the same mail in two folders synced at once, or by IMAP
-            # and LMTP): its insert wins, ours is skipped, and it is not new here (no second event).
-            inserted = insert_dicts(
-                Message, [m for m, _ in to_create.values()], ignore_conflicts=True,
-                returning=("id", "message_id_hash", "content_hash"),
-            )
-            created_ids = {(mh, ch): pk for pk, mh, ch in inserted}
+            rows = [m for m, _ in to_create.values()]
+            if connection.vendor == "postgresql":
+                # The rows this statement inserted: another transaction may have stored the same
+                # message since we looked (the same mail in two folders synced at once, or by IMAP and
+                # LMTP): its insert wins, ours is skipped, and it is not new here (no second event).
+                inserted = insert_dicts(
+                    Message, rows, ignore_conflicts=True, returning=("id", "message_id_hash", "content_hash")
+                )
+                created_ids = {(mh, ch): pk for pk, mh, ch in inserted}
+            else:
+                # SQLite has one writer, and this transaction (IMMEDIATE) held the lock when it looked:
+                # what is there now and was not then is ours. One fixed statement (executemany): a
+                # multi-row INSERT ... RETURNING has a text per batch size, each cached by the driver
+                # with its bound values.
+                insert_dicts(Message, rows, ignore_conflicts=True)
+                created_ids = {
+                    (mh, ch): pk
+                    for pk, mh, ch in Message.objects.filter(
+                        team_id=team_id, message_id_hash__in={k[0] for k in to_create}
+                    ).values_list("id", "message_id_hash", "content_hash")
+                    if (mh, ch) in to_create
+                }
             ours = {k: v for k, v in to_create.items() if k in created_ids}
             if len(ours) < len(to_create):
                 existing.update(
