@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 from django.db import connection, connections, transaction
@@ -82,5 +83,20 @@ def test_a_writer_still_gives_up_with_database_is_locked_after_its_timeout() -> 
         assert 0.2 <= waited < 2.0
         other._start_transaction_under_autocommit()  # free again: taken at once
         other.connection.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+def test_a_connection_has_the_configured_page_cache(settings: Any) -> None:
+    from mailroom.core.sqlite_backend.base import DatabaseWrapper
+
+    with connection.cursor() as cur:
+        cur.execute("PRAGMA cache_size")
+        assert cur.fetchone()[0] == -2048
+    settings.MAILROOM_SQLITE_CACHE_KIB = 8192
+    other = DatabaseWrapper(connection.settings_dict, alias="other")
+    try:
+        other.ensure_connection()
+        assert other.connection.execute("PRAGMA cache_size").fetchone()[0] == -8192
     finally:
         other.close()

@@ -159,14 +159,12 @@ if DATABASES["default"]["ENGINE"] == SQLITE_ENGINE:
     # before we acknowledge anything (IMAP cursor, LMTP 250); IMMEDIATE avoids upgrade deadlocks.
     # 64 KiB pages (effective when the database file is created): raw messages are large blobs, which
     # SQLite stores as chains of overflow pages; big pages write them about twice as fast as 4 KiB.
-    # An 8 MiB page cache per connection: each thread (web, import, pipeline) has a connection, and
-    # with 64 MiB each the API's queries over a large mailbox kept hundreds of MB resident in
-    # `mailroom serve`; the operating system caches the file anyway.
+    # The page cache of a connection: MAILROOM_SQLITE_CACHE_KIB (core/sqlite_backend).
     DATABASES["default"]["OPTIONS"].update(
         {
             "init_command": (
                 "PRAGMA page_size=65536; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
-                "PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000; PRAGMA cache_size=-8192; "
+                "PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000; "
                 "PRAGMA journal_size_limit=134217728;"
             ),
             "transaction_mode": "IMMEDIATE",
@@ -180,6 +178,14 @@ if DATABASES["default"]["ENGINE"] == SQLITE_ENGINE:
 # fdatasync per batch; the embedded default) or "database" (a blob column: what machines sharing one
 # PostgreSQL need until an object store exists). See docs/adr/0004-raw-bytes-in-segment-files.md.
 _SQLITE = DATABASES["default"]["ENGINE"] == SQLITE_ENGINE
+# SQLite's page cache per connection, in KiB. Every thread (web requests, import, engine, outbox,
+# webhooks) has a connection of its own, each cache fills as the tables grow, and the operating
+# system caches the file anyway: 2 MiB (8 MiB took `mailroom serve` from 248 to 284 MB at 20,000
+# messages and to 320 MB at 50,000, bench/import_bench.py). The pipeline's processes, whose linking
+# reads the same pages again and again, take MAILROOM_SQLITE_PIPELINE_CACHE_KIB (8 MiB: linking was
+# a tenth slower with 2).
+MAILROOM_SQLITE_CACHE_KIB = _env_int("MAILROOM_SQLITE_CACHE_KIB", 2048, minimum=64)
+MAILROOM_SQLITE_PIPELINE_CACHE_KIB = _env_int("MAILROOM_SQLITE_PIPELINE_CACHE_KIB", 8192, minimum=64)
 MAILROOM_RAW_STORE = os.environ.get("MAILROOM_RAW_STORE", "files" if _SQLITE else "database")
 if MAILROOM_RAW_STORE not in ("files", "database"):
     raise ImproperlyConfigured(f"MAILROOM_RAW_STORE must be files or database, not {MAILROOM_RAW_STORE!r}")

@@ -28,6 +28,7 @@ def pipeline_process(
 
     for name, value in overrides.items():  # the parent's configuration, as changed at run time too
         setattr(settings, name, value)
+    settings.MAILROOM_SQLITE_CACHE_KIB = settings.MAILROOM_SQLITE_PIPELINE_CACHE_KIB
     django.setup()
     from django.db import connections
 
@@ -63,6 +64,7 @@ def engine_pipeline_process(overrides: dict[str, Any], stop: Any, wake: Any, par
 
     for name, value in overrides.items():
         setattr(settings, name, value)
+    settings.MAILROOM_SQLITE_CACHE_KIB = settings.MAILROOM_SQLITE_PIPELINE_CACHE_KIB  # linking rereads its pages
     django.setup()
     from django.db import connections
 

@@ -9,6 +9,8 @@ probe of each transaction's wait and hold times, 10,000 messages). Here a transa
 the lock every half millisecond instead (an attempt costs a few microseconds), so it has it within
 a millisecond of its release, up to the connection's ``timeout`` (then SQLite's own "database is
 locked", as before). Other statements keep SQLite's busy handler.
+
+And each connection's page cache is ``MAILROOM_SQLITE_CACHE_KIB`` (see the settings).
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ POLL_SECONDS = 0.0005
 
 
 class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        conn = super().get_new_connection(conn_params)
+        from django.conf import settings
+
+        # The page cache (MAILROOM_SQLITE_CACHE_KIB; the pipeline's processes set their own).
+        conn.execute(f"PRAGMA cache_size=-{int(getattr(settings, 'MAILROOM_SQLITE_CACHE_KIB', 2048))}")
+        return conn
+
     def get_connection_params(self) -> dict[str, Any]:
         params: dict[str, Any] = super().get_connection_params()
         self._busy_seconds = float(params.get("timeout", 5.0))
