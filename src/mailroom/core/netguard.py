@@ -48,14 +48,23 @@ def _loopback_allowed() -> bool:
     return bool(getattr(settings, "MAILROOM_ALLOW_LOOPBACK_HTTP", False))
 
 
-def address_allowed(address: str) -> bool:
-    """Whether a request may go to this IP address."""
+def ip_of(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as the network sees it: without an IPv6 zone, an IPv4-mapped IPv6 address as its
+    IPv4 one; None for what is no IP address."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+        return ip.ipv4_mapped
+    return ip
+
+
+def address_allowed(address: str) -> bool:
+    """Whether a request may go to this IP address."""
+    ip = ip_of(address)
+    if ip is None:
+        return False
     if ip.is_loopback:
         return _loopback_allowed()
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_link_local or ip.is_private)
@@ -70,21 +79,43 @@ class Target:
     addresses: tuple[str, ...]
 
 
-def check_url(url: str) -> Target:
-    """Parse and vet ``url``; :class:`BlockedURL` says why it is refused."""
+@dataclass(frozen=True, slots=True)
+class UrlParts:
+    scheme: str  # "https" or "http" (lower-cased)
+    host: str  # lower-cased, an IPv6 literal without its brackets
+    port: int
+    path: str  # with the query, "/" at least
+
+
+def url_parts(url: str, *, scheme_error: str = "only https:// URLs are allowed", fragment: bool = True) -> UrlParts:
+    """The form of a URL a server-side request may go to (nothing resolved yet): printable ASCII
+    only, http(s) with a host, no credentials, a port in range, and (unless ``fragment``) no
+    #fragment. :class:`BlockedURL` says what is wrong (``scheme_error`` for a scheme or a host)."""
     if any(ch in url for ch in "\r\n\0\t ") or not url.isascii():
         raise BlockedURL("the URL contains spaces, control or non-ASCII characters")
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if scheme not in ("https", "http") or not host:
-        raise BlockedURL("only https:// URLs are allowed")
+        raise BlockedURL(scheme_error)
     if parts.username or parts.password:
         raise BlockedURL("the URL must not carry credentials")
+    if parts.fragment and not fragment:
+        raise BlockedURL("the URL must not have a #fragment")
     try:
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError as exc:
         raise BlockedURL("the URL's port is not a number between 1 and 65535") from exc
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return UrlParts(scheme, host, port, path)
+
+
+def check_url(url: str) -> Target:
+    """Parse and vet ``url``; :class:`BlockedURL` says why it is refused."""
+    form = url_parts(url)
+    scheme, host, port = form.scheme, form.host, form.port
     try:
         addresses = tuple(_resolver(host, port))
     except (OSError, UnicodeError) as exc:
@@ -96,10 +127,7 @@ def check_url(url: str) -> Target:
             raise BlockedURL(f"{host} resolves to a loopback, private or reserved address")
     if scheme == "http" and not (_loopback_allowed() and all(ipaddress.ip_address(a).is_loopback for a in addresses)):
         raise BlockedURL("only https:// URLs are allowed")
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    return Target(scheme, host, port, path, addresses)
+    return Target(scheme, host, port, form.path, addresses)
 
 
 @dataclass(frozen=True, slots=True)

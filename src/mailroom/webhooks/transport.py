@@ -15,12 +15,11 @@ import ipaddress
 import socket
 import ssl
 import time
-import urllib.parse
 from dataclasses import dataclass
 
 from django.conf import settings
 
-from mailroom.core.netguard import BlockedURL, address_allowed, resolve
+from mailroom.core.netguard import BlockedURL, address_allowed, ip_of, resolve, url_parts
 
 MAX_RESPONSE = 64 * 1024
 EXCERPT = 1000
@@ -42,12 +41,9 @@ def _allow_entries() -> list[str]:
 
 
 def _address_listed(address: str, entries: list[str]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    ip = ip_of(address)
+    if ip is None:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     for entry in entries:
         try:
             if ip in ipaddress.ip_network(entry.strip("[]"), strict=False):
@@ -59,13 +55,8 @@ def _address_listed(address: str, entries: list[str]) -> bool:
 
 def _public(address: str) -> bool:
     """A public address: ``netguard.address_allowed`` without its loopback switch (OAuth2's)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not ip.is_loopback and address_allowed(str(ip))
+    ip = ip_of(address)
+    return ip is not None and not ip.is_loopback and address_allowed(str(ip))
 
 
 def address_ok(address: str, *, host_listed: bool) -> bool:
@@ -75,21 +66,8 @@ def address_ok(address: str, *, host_listed: bool) -> bool:
 def check_url(url: str, *, resolve_host: bool = True) -> Target:
     """Parse and vet a webhook URL; :class:`BlockedURL` says why it is refused (safe to show).
     ``resolve_host=False`` checks the form only (the API at creation: a name may not resolve yet)."""
-    if any(ch in url for ch in "\r\n\0\t ") or not url.isascii():
-        raise BlockedURL("the URL contains spaces, control or non-ASCII characters")
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if scheme not in ("https", "http") or not host:
-        raise BlockedURL("the URL must be https://host/...")
-    if parts.username or parts.password:
-        raise BlockedURL("the URL must not carry credentials")
-    if parts.fragment:
-        raise BlockedURL("the URL must not have a #fragment")
-    try:
-        port = parts.port or (443 if scheme == "https" else 80)
-    except ValueError as exc:
-        raise BlockedURL("the URL's port is not a number between 1 and 65535") from exc
+    form = url_parts(url, scheme_error="the URL must be https://host/...", fragment=False)
+    scheme, host, port = form.scheme, form.host, form.port
     entries = _allow_entries()
     host_listed = host in entries or host.strip("[]") in entries
     literal = host.strip("[]")
@@ -114,10 +92,7 @@ def check_url(url: str, *, resolve_host: bool = True) -> Target:
     listed = host_listed or (bool(addresses) and all(_address_listed(a, entries) for a in addresses))
     if scheme == "http" and not listed:
         raise BlockedURL("only https:// URLs are allowed (plain http only to hosts in MAILROOM_WEBHOOK_ALLOW_HOSTS)")
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    return Target(scheme, host, port, path, addresses, listed)
+    return Target(scheme, host, port, form.path, addresses, listed)
 
 
 @dataclass(frozen=True, slots=True)
