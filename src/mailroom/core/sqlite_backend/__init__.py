@@ -1,1 +1,1 @@
-"""Django's SQLite backend, with a write lock that is taken as soon as it is free (see ``base``)."""
+"""Django's SQLite backend: a write lock taken as soon as it is free, a page cache per setting (``base``)."""

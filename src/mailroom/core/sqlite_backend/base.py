@@ -1,4 +1,5 @@
-"""Django's SQLite backend, with one change: how a transaction waits for the write lock.
+"""Django's SQLite backend, with two changes: how a transaction waits for the write lock, and the
+size of each connection's page cache.
 
 SQLite has one writer at a time. ``BEGIN IMMEDIATE`` waits for the lock in SQLite's default busy
 handler, which sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50 and then 100 ms between attempts,
@@ -10,7 +11,8 @@ the lock every half millisecond instead (an attempt costs a few microseconds), s
 a millisecond of its release, up to the connection's ``timeout`` (then SQLite's own "database is
 locked", as before). Other statements keep SQLite's busy handler.
 
-And each connection's page cache is ``MAILROOM_SQLITE_CACHE_KIB`` (see the settings).
+Each connection's page cache is ``MAILROOM_SQLITE_CACHE_KIB`` (see the settings: every thread has a
+connection, and the caches grew with the mailbox).
 """
 
 from __future__ import annotations
