@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Max
 
 from mailroom.core.db import insert_dicts
 from mailroom.events.models import Event
@@ -33,9 +32,8 @@ class Recorded:
 @dataclass(frozen=True, slots=True)
 class RecordingHook:
     """``wants(team_ids)``: whether the hook has anything to do for events of these teams (one cheap
-    query; when no hook wants them, the events' ids are never read back). ``handle(events)``: write
-    what goes with them, in the same transaction; it must be idempotent (on PostgreSQL the events
-    read back may include another transaction's, already committed and handled by it)."""
+    query; when no hook wants them, the INSERT returns nothing). ``handle(events)``: write
+    what goes with them, in the same transaction, idempotently."""
 
     wants: Callable[[set[int]], bool]
     handle: Callable[[list[Recorded]], None]
@@ -76,17 +74,13 @@ def events_record(items: Iterable[tuple[int, str, dict[str, Any]]]) -> int:
     with transaction.atomic(savepoint=False):  # the caller's transaction; no savepoint on the hot path
         teams = {t for t, _, _ in rows}
         hooks = _wanting(teams)
-        # The bulk INSERT returns no ids: the rows above the highest id seen before it are ours (on
-        # PostgreSQL perhaps also another transaction's that committed meanwhile: the hooks are
-        # idempotent, and an uncommitted one's are invisible here and handled by that transaction).
-        before = (Event.objects.aggregate(m=Max("id"))["m"] or 0) if hooks else 0
-        insert_dicts(Event, [{"team_id": t, "kind": k, "payload": p} for t, k, p in rows])
-        if hooks:
-            kinds = {k for _, k, _ in rows}
+        values = [{"team_id": t, "kind": k, "payload": p} for t, k, p in rows]
+        if not hooks:
+            insert_dicts(Event, values)
+        else:  # the hooks need the new rows' ids: the INSERT returns them
             recorded = [
                 Recorded(pk, team, kind)
-                for pk, team, kind in Event.objects.filter(id__gt=before, team_id__in=teams, kind__in=kinds)
-                .order_by("id").values_list("id", "team_id", "kind")
+                for pk, team, kind in insert_dicts(Event, values, returning=("id", "team_id", "kind"))
             ]
             for hook in hooks:
                 hook.handle(recorded)
