@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from mailroom.core import netguard
 from mailroom.core.netguard import BlockedURL, address_allowed, ip_of, resolve, url_parts
 
 MAX_RESPONSE = 64 * 1024
@@ -27,12 +28,9 @@ USER_AGENT = "Mailroom-Webhooks/1"
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    scheme: str
-    host: str
-    port: int
-    path: str
-    addresses: tuple[str, ...]
+class Target(netguard.Target):
+    """netguard's vetted target, and whether MAILROOM_WEBHOOK_ALLOW_HOSTS let it through."""
+
     allowlisted: bool
 
 
