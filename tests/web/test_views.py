@@ -73,7 +73,7 @@ def test_mailbox_table_shows_stored_linked_and_on_the_server(
     from mailroom.conversations.models import Message
     from tests.conversations.mail import ingest, raw_email
 
-    mb = MailboxFactory(team=team, email="sales@company.test")
+    mb = MailboxFactory(team=team, email="sales@company.test", health="syncing")
     inbox = FolderFactory(mailbox=mb, server_count=9, stored_count=4, backfill_done=False)
     FolderFactory(mailbox=mb, name="Sent", role="sent", server_count=0, stored_count=0, backfill_done=True)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -88,6 +88,7 @@ def test_mailbox_table_shows_stored_linked_and_on_the_server(
         assert f"<th>{header}</th>" in page
         assert f'INBOX: 4 / 3 / 9 <span class="err">{quarantined}</span> <progress max="9" value="4">' in page
         assert "Sent: 0 / 0 / 0<br>" in page
+    assert '<td class="health-syncing">' + {"en": "Syncing", "ru": "Синхронизация"}[lang] in page
     # Counts are grouped as the reader's language writes them.
     inbox.server_count = 20_000
     inbox.save(update_fields=["server_count"])

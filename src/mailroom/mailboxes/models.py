@@ -4,6 +4,7 @@ import json
 from typing import Any
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from mailroom.core import crypto
 
@@ -25,12 +26,12 @@ class Mailbox(models.Model):
         PASSWORD = "password", "Password / app password"
         OAUTH2 = "oauth2", "OAuth2 (XOAUTH2)"
 
-    class Health(models.TextChoices):
-        NEW = "new", "New"
-        OK = "ok", "OK"
-        SYNCING = "syncing", "Syncing"
-        AUTH_FAILED = "auth_failed", "Authentication failed"
-        ERROR = "error", "Error"
+    class Health(models.TextChoices):  # the labels are shown on the web page, in the reader's language
+        NEW = "new", _("New")
+        OK = "ok", _("OK")
+        SYNCING = "syncing", _("Syncing")
+        AUTH_FAILED = "auth_failed", _("Authentication failed")
+        ERROR = "error", _("Error")
 
     class ContactPolicy(models.TextChoices):
         NONE = "none", "Create no contacts"
